@@ -1,0 +1,20 @@
+# candidate
+out_dir = "out-shakespeare-char"
+dataset = "shakespeare_char"
+eval_interval = 100
+eval_iters = 8
+log_interval = 10
+batch_size = 32
+block_size = 256
+gradient_accumulation_steps = 1
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+learning_rate = 2e-3
+max_iters = 800
+lr_decay_iters = 800
+min_lr = 2e-4
+beta2 = 0.99
+warmup_iters = 50
+dtype = "bfloat16"

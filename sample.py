@@ -1,0 +1,109 @@
+"""
+Generate text from a trained checkpoint, streaming each token as it is produced.
+
+    python sample.py                                   # from out-shakespeare-char/ckpt.pt
+    python sample.py --top_p 0.9 --temperature 0.8
+    python sample.py --start "ROMEO:" --num_samples 3 --max_new_tokens 200
+    python sample.py --start FILE:prompt.txt --greedy
+
+Sampling knobs, applied in this order to the model's next-token distribution p:
+- temperature T: p_i ∝ p_i^(1/T); below 1 sharpens toward the likeliest tokens, above 1 flattens.
+- top_k: keep only the k likeliest tokens.
+- top_p (nucleus): keep the smallest set of likeliest tokens whose probabilities sum to at least top_p.
+- greedy (or temperature 0): always take the likeliest token; deterministic.
+The tokenizer comes from the checkpoint itself, so no data folder is needed.
+"""
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from configurator import UserError, configure, main_guard, show
+from model import GPT, GPTConfig
+from tokenizer import from_spec
+from train import load_checkpoint, pick_device, pick_dtype
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = "out-shakespeare-char"  # where train.py wrote ckpt.pt
+    start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    num_samples: int = 2
+    max_new_tokens: int = 500
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def check(cfg):
+    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UserError(f"top_k must be at least 1, got {cfg.top_k}")
+    if cfg.temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
+    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
+        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+
+
+def main(argv=None):
+    cfg = configure(SampleConfig, argv)
+    check(cfg)
+    print(show(cfg), file=sys.stderr)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval().to(device)
+    tok = from_spec(ckpt["tokenizer"])
+
+    prompt = cfg.start
+    if prompt.startswith("FILE:"):
+        try:
+            prompt = open(prompt[5:], encoding="utf-8").read()
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file: {e}")
+    try:
+        ids = tok.encode(prompt, allowed_special="all")
+    except ValueError as e:
+        raise UserError(f"cannot encode the prompt: {e}")
+    if not ids:
+        raise UserError("the prompt is empty; give at least one token with --start")
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
+    device_type = "cuda" if device.startswith("cuda") else device
+    ctx = (nullcontext() if dtype == "float32"
+           else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+
+    torch.manual_seed(cfg.seed)  # after building the model, whose init also draws random numbers
+    n_tokens, t0 = 0, time.time()
+    for k in range(cfg.num_samples):
+        out, shown = list(ids), len(tok.decode(ids))
+        sys.stdout.write(tok.decode(ids))
+        with ctx:
+            for nxt in model.stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy,
+                                    stop_token=tok.eot_token):
+                out.append(nxt.item())
+                n_tokens += 1
+                # decode the whole sample and print what is new: a multi-byte character split across BPE
+                # tokens shows up as U+FFFD until its last byte arrives, so hold it back until then
+                text = tok.decode(out)
+                if not text.endswith("\ufffd"):
+                    sys.stdout.write(text[shown:])
+                    sys.stdout.flush()
+                    shown = len(text)
+        sys.stdout.write(tok.decode(out)[shown:] + ("\n---------------\n" if k < cfg.num_samples - 1 else "\n"))
+        sys.stdout.flush()
+    dt = time.time() - t0
+    print(f"{n_tokens} tokens in {dt:.2f} s: {n_tokens / max(dt, 1e-9):.1f} tokens/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main_guard(main)

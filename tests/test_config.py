@@ -1,0 +1,73 @@
+from dataclasses import dataclass
+
+import pytest
+
+from configurator import UserError, configure
+
+
+@dataclass
+class Cfg:
+    out_dir: str = "out"
+    batch_size: int = 12
+    learning_rate: float = 6e-4
+    compile: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+def test_defaults_and_both_override_forms():
+    cfg = configure(Cfg, ["--batch_size=32", "--learning_rate", "1e-3", "--out_dir", "runs/a"])
+    assert (cfg.batch_size, cfg.learning_rate, cfg.out_dir) == (32, 1e-3, "runs/a")
+    assert configure(Cfg, []) == Cfg()
+
+
+def test_config_file_then_command_line(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("import math\nbatch_size = 4 * 8  # arithmetic is fine\nlearning_rate = math.sqrt(1e-6)\n")
+    cfg = configure(Cfg, [str(f), "--batch_size=64"])
+    assert cfg.batch_size == 64 and cfg.learning_rate == pytest.approx(1e-3)
+
+
+def test_int_is_a_valid_float_but_not_the_other_way():
+    cfg = configure(Cfg, ["--learning_rate=1"])
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    with pytest.raises(UserError, match="batch_size must be int"):
+        configure(Cfg, ["--batch_size=1.5"])
+    with pytest.raises(UserError, match="batch_size must be int"):
+        configure(Cfg, ["--batch_size=True"])
+    with pytest.raises(UserError, match="compile must be bool"):
+        configure(Cfg, ["--compile=1"])
+    with pytest.raises(UserError, match="learning_rate must be float"):
+        configure(Cfg, ["--learning_rate=fast"])
+
+
+def test_optional_values_and_bare_flags():
+    cfg = configure(Cfg, ["--top_k", "5", "--compile", "--top_p=0.9"])
+    assert (cfg.top_k, cfg.compile, cfg.top_p) == (5, True, 0.9)
+    assert configure(Cfg, ["--top_k=None", "--compile=False"]).top_k is None
+    with pytest.raises(UserError, match="top_k must be int or None"):
+        configure(Cfg, ["--top_k=0.5"])
+
+
+def test_string_settings_keep_digits_as_text():
+    assert configure(Cfg, ["--out_dir", "123"]).out_dir == "123"
+
+
+def test_unknown_key_names_the_closest_keys(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'batchsize'.*batch_size"):
+        configure(Cfg, ["--batchsize=3"])
+    f = tmp_path / "c.py"
+    f.write_text("learning_rat = 0.1\n")
+    with pytest.raises(UserError, match=r"'learning_rat'.*learning_rate"):
+        configure(Cfg, [str(f)])
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        configure(Cfg, [str(tmp_path / "missing.py")])
+    f = tmp_path / "bad.py"
+    f.write_text("batch_size = 1 / 0\n")
+    with pytest.raises(UserError, match="ZeroDivisionError"):
+        configure(Cfg, [str(f)])
+    with pytest.raises(UserError, match="needs a value"):
+        configure(Cfg, ["--batch_size"])

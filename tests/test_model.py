@@ -1,0 +1,134 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, KVCache, filter_log_probs
+
+
+def tiny(block_size=16, vocab_size=50, **kw):
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, **kw)
+    return GPT(cfg).eval()
+
+
+def test_shapes_and_loss():
+    m = tiny()
+    idx = torch.randint(50, (3, 16))
+    logits, loss = m(idx)
+    assert logits.shape == (3, 16, 50) and loss is None
+    targets = torch.randint(50, (3, 16))
+    targets[0, :5] = -1
+    logits, loss = m(idx, targets)
+    ref = F.cross_entropy(logits.view(-1, 50), targets.view(-1), ignore_index=-1)
+    assert torch.allclose(loss, ref)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        m(torch.zeros((1, 17), dtype=torch.long))
+
+
+def test_loss_at_init_is_close_to_uniform():
+    m = tiny(vocab_size=512)
+    torch.manual_seed(1)
+    _, loss = m(torch.randint(512, (8, 16)), torch.randint(512, (8, 16)))
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_causal_masking():
+    m = tiny()
+    idx = torch.randint(50, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50
+    a, b = m(idx)[0], m(changed)[0]
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
+
+
+def test_log_probs_are_normalised_softmax():
+    m = tiny()
+    idx = torch.randint(50, (2, 16))
+    lp = m.log_probs(idx)
+    assert lp.shape == (2, 16, 50)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(2, 16), atol=1e-5)
+    assert torch.allclose(lp, F.log_softmax(m(idx)[0], -1), atol=1e-6)
+
+
+def test_cache_prefill_and_steps_match_full_forward():
+    m = tiny()
+    idx = torch.randint(50, (2, 16))
+    full = m(idx)[0]
+    cache = KVCache(m.config)
+    parts = [m.lm_head(m.hidden(idx[:, :5], cache))]  # a prompt of 5, a chunk of 4, then single tokens
+    parts.append(m.lm_head(m.hidden(idx[:, 5:9], cache)))
+    parts += [m.lm_head(m.hidden(idx[:, t:t + 1], cache)) for t in range(9, 16)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def reference_generate(m, idx, n, **kw):
+    """The plainest possible sampler: full forward over the last block_size tokens, every step."""
+    for _ in range(n):
+        logp = F.log_softmax(m(idx[:, -m.config.block_size:])[0][:, -1], -1)
+        if kw.get("greedy"):
+            nxt = logp.argmax(-1, keepdim=True)
+        else:
+            nxt = torch.multinomial(filter_log_probs(logp / kw.get("temperature", 1.0), kw.get("top_k"),
+                                                     kw.get("top_p")).exp(), 1)
+        idx = torch.cat([idx, nxt], 1)
+    return idx
+
+
+@pytest.mark.parametrize("kw", [dict(greedy=True), dict(), dict(temperature=0.7, top_k=10),
+                                dict(top_p=0.8), dict(temperature=1.3, top_k=20, top_p=0.9)])
+@pytest.mark.parametrize("prompt_len", [1, 7, 40])  # 40 > block_size: the prompt itself is cropped
+def test_kv_cache_generation_equals_cache_free(kw, prompt_len):
+    m = tiny(block_size=16)
+    torch.manual_seed(5)
+    idx = torch.randint(50, (2, prompt_len))
+    outs = []
+    for gen in (lambda: m.generate(idx, 45, **kw), lambda: m.generate(idx, 45, use_cache=False, **kw),
+                lambda: reference_generate(m, idx, 45, **kw)):
+        torch.manual_seed(123)
+        outs.append(gen())
+    assert outs[0].shape == (2, prompt_len + 45)  # 45 new tokens run well past block_size 16
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_stop_token_ends_generation():
+    m = tiny()
+    out = m.generate(torch.zeros((1, 1), dtype=torch.long), 30, greedy=True)
+    stop = out[0, 5].item()
+    stopped = m.generate(torch.zeros((1, 1), dtype=torch.long), 30, greedy=True, stop_token=stop)
+    first = (stopped[0, 1:] == stop).nonzero()[0].item() + 1
+    assert stopped.size(1) == first + 1 and torch.equal(stopped[0], out[0, :first + 1])
+
+
+def reference_filter(logp, top_k, top_p):
+    """Per row, in plain Python: sort, keep the top k, then the shortest prefix reaching top_p."""
+    out = torch.full_like(logp, float("-inf"))
+    for b in range(logp.size(0)):
+        order = sorted(range(logp.size(1)), key=lambda i: -logp[b, i].item())
+        keep = order[:top_k] if top_k else order
+        if top_p is not None:
+            probs = [math.exp(logp[b, i].item()) for i in keep]
+            total, cut = sum(probs), len(keep)
+            acc = 0.0
+            for j, p in enumerate(probs):
+                acc += p / total
+                if acc >= top_p:
+                    cut = j + 1
+                    break
+            keep = keep[:cut]
+        z = torch.logsumexp(logp[b, keep], 0)
+        out[b, keep] = logp[b, keep] - z
+    return out
+
+
+@pytest.mark.parametrize("top_k,top_p", [(1, None), (5, None), (None, 0.5), (None, 0.9), (8, 0.7),
+                                         (None, 1.0), (100, None)])
+def test_top_k_top_p_against_reference(top_k, top_p):
+    torch.manual_seed(0)
+    logp = F.log_softmax(torch.randn(4, 30) * 2, -1)
+    got = filter_log_probs(logp, top_k, top_p)
+    ref = reference_filter(logp, top_k, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    assert torch.allclose(got[~torch.isinf(got)], ref[~torch.isinf(ref)], atol=1e-5)

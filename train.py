@@ -1,0 +1,406 @@
+"""
+Train a GPT: one loop for a laptop CPU or one GPU.
+
+    python train.py config/shakespeare_char.py
+    python train.py config/shakespeare_char.py --max_iters=4000 --init_from=resume
+
+Reads data/<dataset>/{train,val}.bin (see prepare_data.py) and writes to out_dir:
+- ckpt.pt: everything needed to continue or to sample (model, optimizer, configs, iteration, RNG states,
+  tokenizer spec), loadable with torch.load(weights_only=True), written atomically at every evaluation
+  (when val loss improved, or always with always_save_checkpoint) and at max_iters.
+- metrics.jsonl: one JSON object a line: every log_interval iterations
+  {iter, loss, lr, ms_per_iter, tokens_per_s, mfu, time_s}, and at every evaluation
+  {iter, train_loss, val_loss, lr, time_s}.
+- curves.png: train/val loss and learning rate against iterations, drawn at the end.
+
+init_from='resume' continues exactly where the checkpoint left off: same batches, same dropout masks, same
+learning rate, so N iterations + resume + N more equals 2N in one go (on CPU, bit for bit).
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from configurator import UserError, configure, main_guard, show
+from model import GPT, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
+    eval_iters: int = 200  # batches per split in each evaluation
+    log_interval: int = 10
+    always_save_checkpoint: bool = True  # False: checkpoint only when val loss improves
+    # data
+    dataset: str = "openwebtext"  # data/<dataset>/ written by prepare_data.py
+    data_dir: str = "data"
+    batch_size: int = 12  # sequences per micro-step
+    block_size: int = 1024  # tokens per sequence (the context length)
+    gradient_accumulation_steps: int = 40  # micro-steps per optimizer step
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    head: str = "softmax"
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the gradient's global norm to this (0: off)
+    # learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    device: str = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = "auto"  # 'auto' (bfloat16 on GPUs that have it, else float16 on cuda, else float32)
+    compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
+    seed: int = 1337
+
+
+def check(cfg):
+    """Refuse settings that cannot work, before any time is spent."""
+    if cfg.init_from not in ("scratch", "resume"):
+        raise UserError(f"init_from must be 'scratch' or 'resume', not {cfg.init_from!r}")
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
+                "log_interval", "n_layer", "n_head", "n_embd"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
+    if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or cfg.learning_rate <= 0:
+        raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate > 0")
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def pick_dtype(name, device):
+    if name == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, not {name!r}")
+    return name
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+def load_data(cfg):
+    """Memory-map train.bin and val.bin after checking them against meta.json; return (meta, splits)."""
+    folder = os.path.join(cfg.data_dir, cfg.dataset)
+    meta_path = os.path.join(folder, "meta.json")
+    if not os.path.isfile(meta_path):
+        known = {"shakespeare_char", "shakespeare", "openwebtext"}
+        cmd = (f"python prepare_data.py {cfg.dataset}" if cfg.dataset in known
+               else f"python prepare_data.py text --input YOUR_TEXT --name {cfg.dataset}")
+        raise UserError(f"no prepared data in {folder}/; run `{cmd}` first")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        dtype = np.dtype(meta["dtype"])
+        splits = {}
+        for split in ("train", "val"):
+            path = os.path.join(folder, f"{split}.bin")
+            n = os.path.getsize(path) // dtype.itemsize
+            if n != meta[f"{split}_tokens"]:
+                raise UserError(f"{path} holds {n} tokens but meta.json says {meta[f'{split}_tokens']}: the "
+                                f"files are from different runs; rerun prepare_data.py")
+            if n <= cfg.block_size:
+                raise UserError(f"{path} has {n} tokens, fewer than block_size+1 ({cfg.block_size + 1}): "
+                                f"use more text or a smaller block_size")
+            splits[split] = np.memmap(path, dtype=dtype, mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the data in {folder}/ ({type(e).__name__}: {e}); rerun prepare_data.py")
+    return meta, splits
+
+
+def get_batch(data, cfg, gen, device):
+    """batch_size random windows: x = tokens [i, i+T), y = the next tokens [i+1, i+T+1)."""
+    ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size,), generator=gen).tolist()
+    x = torch.from_numpy(np.stack([data[i:i + cfg.block_size] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + cfg.block_size] for i in ix]).astype(np.int64))
+    if device.startswith("cuda"):  # pinned memory lets the copy to the GPU run asynchronously
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# --- optimisation -----------------------------------------------------------------------------------------
+
+def get_lr(it, cfg):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW; weight decay only on matrices (2+ dims): biases and LayerNorm gains are not shrunk to 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def peak_flops(device, dtype):
+    """FLOP/s the hardware could do at best: a GPU's datasheet number, or on CPU a measured matmul."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        half = dtype != "float32"
+        for key, (f16, f32) in {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+                                "L4": (121e12, 30e12), "A10": (125e12, 31e12), "4090": (165e12, 83e12),
+                                "3090": (71e12, 36e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8e12)}.items():
+            if key in name:
+                return f16 if half else f32
+        return None
+    if device != "cpu":
+        return None
+    dt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    g = torch.Generator().manual_seed(0)  # its own generator: the global RNG drives dropout (exact resume)
+    a, b = (torch.randn(1024, 1024, generator=g).to(dt) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * 1024 ** 3 / sorted(times)[len(times) // 2]
+
+
+def flops_per_token(model, block_size):
+    """Training FLOPs per token: 6N for the weights (2 forward + 4 backward per parameter per token) plus
+    attention's 12 * n_layer * n_embd * T (q.k and att.v, forward and backward), as in the PaLM paper."""
+    c = model.config
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * block_size
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+def save_checkpoint(path, ckpt):
+    """Write to a temp file, fsync, rename: a crash mid-write leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain values only, so a checkpoint cannot run code."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}; train one first (python train.py config/...)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
+        raise UserError(f"{path} is not a checkpoint of this project (no model/model_config/tokenizer)")
+    return ckpt
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, device, ctx):
+    """Mean loss over eval_iters batches per split. The batches come from their own fixed seed: every
+    evaluation scores the same windows (a fair curve) and the training batch stream is left untouched."""
+    model.eval()
+    out = {}
+    for split, data in splits.items():
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        losses = []
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg, gen, device)
+            with ctx:
+                losses.append(model(x, y)[1].item())
+        out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+def plot_curves(metrics_path, png_path):
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(metrics_path)]
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "val_loss" in r]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 1))
+    ax1.plot([r["iter"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train (batch)")
+    ax1.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train (eval)")
+    ax1.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
+    ax1.set_ylabel("loss (nats/token)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot([r["iter"] for r in train], [r["lr"] for r in train])
+    ax2.set_ylabel("learning rate")
+    ax2.set_xlabel("iteration")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+# --- the training loop ------------------------------------------------------------------------------------
+
+def main(argv=None):
+    t0 = time.time()
+    cfg = configure(TrainConfig, argv)
+    check(cfg)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    print(show(cfg))
+    torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls: ~8x faster than fp32 on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+    device_type = "cuda" if device.startswith("cuda") else device
+    ctx = (nullcontext() if dtype == "float32"
+           else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+
+    meta, splits = load_data(cfg)
+    mconf = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = None
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(ckpt_path, device)
+        for k, v in ckpt["model_config"].items():
+            if getattr(mconf, k) != v:
+                raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
+                                f"{getattr(mconf, k)!r}")
+    model = GPT(mconf).to(device)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters")
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    gen = torch.Generator().manual_seed(cfg.seed)  # the training batch stream, saved for exact resume
+    iter_num, best_val_loss, elapsed = 0, float("inf"), 0.0
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss, elapsed = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
+        gen.set_state(ckpt["rng"]["batch"])
+        torch.set_rng_state(ckpt["rng"]["torch"])  # dropout masks continue where they left off
+        if device.startswith("cuda") and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        # forget the log of anything the interrupted run did after this checkpoint (its evaluation stays)
+        if os.path.exists(metrics_path):
+            rows = [(line, json.loads(line)) for line in open(metrics_path)]
+            keep = [line for line, r in rows
+                    if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
+            with open(metrics_path, "w") as f:
+                f.writelines(keep)
+        print(f"resuming from {ckpt_path} at iter {iter_num}")
+        del ckpt
+    elif os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    raw_model = model
+    if cfg.compile:
+        print("compiling the model (about a minute)...")
+        model = torch.compile(model)
+
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    print(f"tokens per iteration: {cfg.batch_size} batch * {cfg.block_size} block * "
+          f"{cfg.gradient_accumulation_steps} accum = {tokens_per_iter:,}")
+    peak = peak_flops(device, dtype)
+    flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter
+    log = open(metrics_path, "a")
+    start = t0 - elapsed  # time_s counts from the start of the run, across resumes
+    resumed_at = iter_num if cfg.init_from == "resume" else -1
+    step_time, step_count, loss_sum = 0.0, 0, torch.zeros((), device=device)
+
+    def write(record):
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+    while True:
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at:
+            losses = estimate_loss(model, splits, cfg, device, ctx)
+            t = time.time() - start
+            print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
+            write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                   "time_s": t})
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if improved or cfg.always_save_checkpoint:
+                save_checkpoint(ckpt_path, {
+                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "model_config": asdict(mconf), "config": asdict(cfg),
+                    "iter_num": iter_num, "best_val_loss": best_val_loss, "elapsed": time.time() - start,
+                    "rng": {"torch": torch.get_rng_state(), "batch": gen.get_state(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None},
+                    "tokenizer": meta["tokenizer"], "version": 1})
+        if iter_num >= cfg.max_iters:
+            break
+
+        t_step = time.time()
+        for micro in range(cfg.gradient_accumulation_steps):
+            x, y = get_batch(splits["train"], cfg, gen, device)
+            with ctx:
+                _, loss = model(x, y)
+                loss = loss / cfg.gradient_accumulation_steps  # the sum over micro-steps is the batch mean
+            loss_sum += loss.detach()
+            scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until the next backward
+
+        if iter_num % cfg.log_interval == 0:
+            loss_value = loss_sum.item()  # .item() waits for the GPU: only once per log line
+            step_time += time.time() - t_step
+            step_count += 1
+            dt = step_time / step_count
+            mfu = flops_per_iter / dt / peak if peak else None
+            print(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
+                  f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
+            write({"iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
+                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start})
+            step_time, step_count = 0.0, 0
+        else:
+            step_time += time.time() - t_step
+            step_count += 1
+        loss_sum.zero_()
+        iter_num += 1
+
+    log.close()
+    plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+    print(f"done: best val loss {best_val_loss:.4f}, {time.time() - start:.0f} s; checkpoint in {ckpt_path}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
