@@ -60,10 +60,14 @@ def main(argv=None):
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        tok = from_spec(ckpt["tokenizer"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint in {cfg.out_dir} does not fit this code ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from None
     model.eval().to(device)
-    tok = from_spec(ckpt["tokenizer"])
 
     prompt = cfg.start
     if prompt.startswith("FILE:"):

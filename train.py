@@ -284,8 +284,11 @@ def main(argv=None):
            else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
 
     meta, splits = load_data(cfg)
-    mconf = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
-                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head)
+    try:
+        mconf = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
     if cfg.init_from == "resume":
@@ -307,10 +310,10 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, elapsed = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
-        gen.set_state(ckpt["rng"]["batch"])
-        torch.set_rng_state(ckpt["rng"]["torch"])  # dropout masks continue where they left off
+        gen.set_state(ckpt["rng"]["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # dropout masks continue where they left off
         if device.startswith("cuda") and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
         # forget the log of anything the interrupted run did after this checkpoint (its evaluation stays)
         if os.path.exists(metrics_path):
             rows = [(line, json.loads(line)) for line in open(metrics_path)]
