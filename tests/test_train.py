@@ -80,3 +80,32 @@ def test_bin_that_does_not_match_meta_is_refused(data_dir, tmp_path):
         f.write(b"\0\0")
     with pytest.raises(UserError, match="meta.json says"):
         train.main([*TINY, f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'o'}", "--max_iters=1"])
+
+
+class _Payload:
+    """Unpickling this would create a file: the classic code-running pickle."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoints_never_run_code_and_bad_files_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(str(marker)), "model_config": {}, "tokenizer": {}}, evil)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        train.load_checkpoint(str(evil))
+    assert not marker.exists()
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}, "model_config": {}, "tokenizer": {}}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        train.load_checkpoint(str(truncated))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        train.load_checkpoint(str(other))
