@@ -20,14 +20,13 @@ the longest generation that fits in the context, where the cache is never rebuil
 import json
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from configurator import configure, main_guard
 from model import GPT, GPTConfig
-from train import TrainConfig, flops_per_token, make_optimizer, peak_flops, pick_device, pick_dtype
+from train import TrainConfig, autocast, flops_per_token, make_optimizer, peak_flops, pick_device, pick_dtype
 
 
 @dataclass
@@ -46,11 +45,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_train(cfg, device, dtype, ctx):
+def build(cfg):
+    """The config's model with random weights (seeded: both benchmarks see the same model)."""
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-                          head=cfg.head)).to(device)
+    return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head))
+
+
+def bench_train(cfg, device, dtype, ctx):
+    model = build(cfg).to(device)
     opt = make_optimizer(model, cfg, device)
     fwd = torch.compile(model) if cfg.compile else model
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
@@ -77,10 +80,7 @@ def bench_train(cfg, device, dtype, ctx):
 
 
 def bench_sample(cfg, device, ctx):
-    torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, bias=cfg.bias, head=cfg.head))
-    model.eval().to(device)
+    model = build(cfg).eval().to(device)
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     lengths = [cfg.sample_tokens]
     if cfg.sample_tokens + 1 > cfg.block_size:
@@ -110,9 +110,7 @@ def main(argv=None):
     cfg = configure(BenchConfig, argv)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    ctx = (nullcontext() if dtype == "float32"
-           else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    ctx = autocast(device, dtype)
     result = {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
               "dtype": dtype, "threads": torch.get_num_threads(), "torch": torch.__version__}
     if cfg.what in ("train", "all"):

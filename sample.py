@@ -16,7 +16,6 @@ The tokenizer comes from the checkpoint itself, so no data folder is needed.
 
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from configurator import UserError, configure, main_guard, show
 from model import GPT, GPTConfig
 from tokenizer import from_spec
-from train import load_checkpoint, pick_device, pick_dtype
+from train import autocast, load_checkpoint, pick_device, pick_dtype
 
 
 @dataclass
@@ -82,9 +81,7 @@ def main(argv=None):
     if not ids:
         raise UserError("the prompt is empty; give at least one token with --start")
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
-    device_type = "cuda" if device.startswith("cuda") else device
-    ctx = (nullcontext() if dtype == "float32"
-           else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    ctx = autocast(device, dtype)
 
     torch.manual_seed(cfg.seed)  # after building the model, whose init also draws random numbers
     n_tokens, t0 = 0, time.time()

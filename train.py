@@ -104,6 +104,13 @@ def pick_dtype(name, device):
     return name
 
 
+def autocast(device, dtype):
+    """Mixed precision for float16/bfloat16: matmuls in half precision, reductions and the loss in fp32."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
 # --- data -------------------------------------------------------------------------------------------------
 
 def load_data(cfg):
@@ -279,9 +286,7 @@ def main(argv=None):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls: ~8x faster than fp32 on Ampere+
         torch.backends.cudnn.allow_tf32 = True
-    device_type = "cuda" if device.startswith("cuda") else device
-    ctx = (nullcontext() if dtype == "float32"
-           else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    ctx = autocast(device, dtype)
 
     meta, splits = load_data(cfg)
     try:
@@ -300,7 +305,7 @@ def main(argv=None):
     model = GPT(mconf).to(device)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters")
     optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     gen = torch.Generator().manual_seed(cfg.seed)  # the training batch stream, saved for exact resume
     iter_num, best_val_loss, elapsed = 0, float("inf"), 0.0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
