@@ -80,8 +80,6 @@ def check(cfg):
                 "log_interval", "n_layer", "n_head", "n_embd"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
     if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or cfg.learning_rate <= 0:
         raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate > 0")
 
