@@ -4,13 +4,16 @@ Turn text into the token files that train.py reads.
     python prepare_data.py shakespeare_char                      # download Tiny Shakespeare, char tokens
     python prepare_data.py shakespeare_char --input input.txt    # ... or use a local copy (offline)
     python prepare_data.py shakespeare                           # the same text in GPT-2 BPE tokens
+    python prepare_data.py shakespeare --tokenizer bpe --vocab_size 4096   # a BPE trained here, on train only
     python prepare_data.py text --input my_corpus/ --name mine --tokenizer char
 
 writes data/<name>/train.bin, val.bin and meta.json:
 - train.bin / val.bin: every token id in order, as a flat array of uint16 (uint32 when the vocabulary has
   more than 65,536 ids), so train.py can np.memmap them and slice windows without loading anything.
 - meta.json: vocab_size, dtype, token counts, the source, and the tokenizer spec (JSON, never pickle).
-The first 90% of the text is the training split, the last 10% the validation split.
+- tokenizer.json, with --tokenizer bpe: the trained tokenizer (also inside meta.json), for `tokenizer.py encode`.
+The first 90% of the text is the training split, the last 10% the validation split. A BPE tokenizer is trained
+on the training split only: validation text stays text the whole pipeline has never seen.
 
 Every file is written to a temporary name and renamed into place when complete, meta.json last: an
 interrupted run leaves the previous files, never a half-written one.
@@ -25,7 +28,7 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
-from tokenizer import TIKTOKEN_NAMES, CharTokenizer, TiktokenTokenizer
+from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # a known dataset: (source URL, default tokenizer)
@@ -48,35 +51,14 @@ def download(url):
 
 def read_input(path):
     """A file, or every file under a folder (sorted, so the split is reproducible), as one list of texts."""
-    if os.path.isdir(path):
-        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if not f.startswith("."))
-    elif os.path.isfile(path):
-        files = [path]
-    else:
-        raise SystemExit(f"error: --input {path} does not exist")
-    texts = []
-    for f in files:
-        try:
-            with open(f, encoding="utf-8") as fh:
-                texts.append(fh.read())
-        except UnicodeDecodeError:
-            raise SystemExit(f"error: {f} is not UTF-8 text")
-    if not files:
-        raise SystemExit(f"error: no files under {path}")
-    return texts
+    try:
+        return list(read_texts(text_files(path)))
+    except ValueError as e:
+        raise SystemExit(f"error: --input {e}" if "exist" in str(e) else f"error: {e}")
 
 
-def pieces(text):
-    """Cut text into chunks of about CHUNK characters at line ends, so no BPE word is split in two."""
-    i = 0
-    while i < len(text):
-        j = len(text) if len(text) - i <= CHUNK else text.rfind("\n", i, i + CHUNK) + 1 or i + CHUNK
-        yield text[i:j]
-        i = j
-
-
-def write_tokens(path, docs, tok, dtype):
-    """Encode docs into `path`.tmp, each followed by the end-of-text token if the tokenizer has one.
+def write_tokens(path, docs, encode, eot, dtype):
+    """Encode docs into `path`.tmp, each followed by the end-of-text token `eot` unless it is None.
 
     docs is a list of (text, is_whole_document). Returns (temp path, number of tokens)."""
     tmp, n = path + ".tmp", 0
@@ -84,14 +66,15 @@ def write_tokens(path, docs, tok, dtype):
     with open(tmp, "wb") as f, tqdm(total=total, desc=os.path.basename(path), unit="char", unit_scale=True,
                                     disable=total < 8 * CHUNK) as bar:
         for text, whole in docs:
-            for chunk in pieces(text):
+            # a few MB at a time, cut where no BPE chunk spans the cut: the same ids as encoding it whole
+            for chunk in cut_text(text, CHUNK):
                 # user text is data: a literal "<|endoftext|>" in it is ordinary text, not a document end
-                ids = tok.encode(chunk, disallowed_special=())
+                ids = encode(chunk, disallowed_special=())
                 np.array(ids, dtype=dtype).tofile(f)
                 n += len(ids)
                 bar.update(len(chunk))
-            if whole and tok.eot_token is not None:
-                np.array([tok.eot_token], dtype=dtype).tofile(f)
+            if whole and eot is not None:
+                np.array([eot], dtype=dtype).tofile(f)
                 n += 1
         f.flush()
         os.fsync(f.fileno())
@@ -115,25 +98,34 @@ def split_docs(texts, frac=0.9):
 
 
 def prepare(name, texts, tok, source, out_root="data"):
-    """Split, encode and write data/<name>/{train.bin,val.bin,meta.json} atomically; return meta."""
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    """Split, encode and write data/<name>/{train.bin,val.bin,meta.json} atomically; return meta.
+
+    tok: a tokenizer, or a function that trains one from a list of texts (it gets the training split only)."""
     out = os.path.join(out_root, name)
     os.makedirs(out, exist_ok=True)
-    if tok.eot_token is None:  # no end-of-text token to mark where documents end: a newline does
-        texts = ["\n".join(texts)]
     train, val = split_docs(texts)
-    tmp_train, n_train = write_tokens(os.path.join(out, "train.bin"), train, tok, dtype)
-    tmp_val, n_val = write_tokens(os.path.join(out, "val.bin"), val, tok, dtype)
+    if callable(tok):
+        tok = tok([t for t, _ in train])
+    if tok.eot_token is None:  # no end-of-text token to mark where documents end: a newline does
+        train, val = split_docs(["\n".join(texts)])
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    bpe = isinstance(tok, BPETokenizer)
+    encode = tok.to_tiktoken().encode if bpe else tok.encode  # the same ids (tests/test_bpe.py), many times faster
+    tmp_train, n_train = write_tokens(os.path.join(out, "train.bin"), train, encode, tok.eot_token, dtype)
+    tmp_val, n_val = write_tokens(os.path.join(out, "val.bin"), val, encode, tok.eot_token, dtype)
     meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
             "val_tokens": n_val, "source": source, "tokenizer": tok.to_spec()}
-    with open(os.path.join(out, "meta.json.tmp"), "w") as f:
-        json.dump(meta, f, indent=1)
+    with open(os.path.join(out, "meta.json.tmp"), "w") as f:  # one key per line; the tokenizer spec on one line
+        f.write(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1)[:-2] +
+                f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
         f.flush()
         os.fsync(f.fileno())
     # meta.json goes last: train.py checks the .bin sizes against it, so a crash between the renames
     # is caught as a mismatch instead of silently training on mixed data
     os.replace(tmp_train, os.path.join(out, "train.bin"))
     os.replace(tmp_val, os.path.join(out, "val.bin"))
+    if bpe:  # a copy for `tokenizer.py encode`; meta.json holds the same and is what training reads
+        tok.save(os.path.join(out, "tokenizer.json"))
     os.replace(os.path.join(out, "meta.json.tmp"), os.path.join(out, "meta.json"))
     return meta
 
@@ -143,9 +135,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=[*DATASETS, "text"], help="a known dataset, or 'text' for --input")
     p.add_argument("--input", help="local file or folder of UTF-8 text (instead of downloading)")
-    p.add_argument("--name", help="output folder under data/ (default: the dataset name)")
-    p.add_argument("--tokenizer", choices=["char", *TIKTOKEN_NAMES], help="default: char for shakespeare_char "
-                   "and text, gpt2 for shakespeare")
+    p.add_argument("--name", help="output folder under data/ (default: the dataset name, plus _TOKENIZER when "
+                   "that is not the dataset's usual one: shakespeare_bpe)")
+    p.add_argument("--tokenizer", choices=["char", "bpe", *TIKTOKEN_NAMES], help="default: char for "
+                   "shakespeare_char and text, gpt2 for shakespeare; bpe trains one here (needs --vocab_size)")
+    p.add_argument("--vocab_size", type=int, help="for --tokenizer bpe: 256 bytes + merges + <|endoftext|>")
     p.add_argument("--out_root", default="data", help="where data/<name>/ goes")
     args = p.parse_args(argv)
 
@@ -160,12 +154,23 @@ def main(argv=None):
     if sum(len(t) for t in texts) == 0:
         raise SystemExit("error: the input text is empty")
     kind = args.tokenizer or default_tok
+    if (kind == "bpe") != (args.vocab_size is not None):
+        raise SystemExit("error: --vocab_size goes with --tokenizer bpe, and --tokenizer bpe needs it")
+    if kind == "bpe" and args.vocab_size < 257:
+        raise SystemExit(f"error: --vocab_size {args.vocab_size} is too small: 256 byte tokens + <|endoftext|> "
+                         f"come first")
+    name = args.name or (args.dataset if kind == default_tok else f"{args.dataset}_{kind}")
     try:
-        tok = CharTokenizer.from_text("\n".join(texts)) if kind == "char" else TiktokenTokenizer(kind)
+        if kind == "char":
+            tok = CharTokenizer.from_text("\n".join(texts))
+        elif kind == "bpe":
+            tok = lambda train_texts: BPETokenizer.train(train_texts, args.vocab_size)  # noqa: E731
+        else:
+            tok = TiktokenTokenizer(kind)
     except OSError as e:
         raise SystemExit(f"error: {e}")
-    meta = prepare(args.name or args.dataset, texts, tok, source, args.out_root)
-    out = os.path.join(args.out_root, args.name or args.dataset)
+    meta = prepare(name, texts, tok, source, args.out_root)
+    out = os.path.join(args.out_root, name)
     print(f"{out}: vocab_size {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens ({meta['dtype']})")
 
