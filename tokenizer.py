@@ -494,7 +494,8 @@ def _from_fields(d, with_text=False):
         n = 3 if with_text else 2
         if (not isinstance(m, list) or len(m) not in (2, n) or not all(type(x) is int for x in m[:2])
                 or (len(m) == 3 and not isinstance(m[2], str))):
-            raise ValueError(f"merge {k} is {m!r:.80}; expected [left_id, right_id" + (', "text"]' if with_text else "]"))
+            want = '[left_id, right_id, "text"]' if with_text else "[left_id, right_id]"
+            raise ValueError(f"merge {k} is {m!r:.80}; expected {want}")
         p = (m[0], m[1])
         if p in seen:
             raise ValueError(f"merge {k} {list(p)} repeats merge {seen[p]}")

@@ -21,7 +21,8 @@ def naive_train(text, vocab_size, pattern="gpt4", specials=()):
     then smallest pair), same vocab_size accounting, same handling of a merge whose bytes already exist."""
     for s in specials:
         text = text.replace(s, "\0")  # special-token strings are never trained on; \0 splits like they do
-    chunks = collections.Counter(c for part in text.split("\0") for c in regex.findall(PATTERNS.get(pattern, pattern), part))
+    rx = PATTERNS.get(pattern, pattern)
+    chunks = collections.Counter(c for part in text.split("\0") for c in regex.findall(rx, part))
     words = [list(c.encode("utf-8")) for c in chunks]  # each distinct chunk once, weighted by its count
     weights = list(chunks.values())
     vocab = [bytes([i]) for i in range(256)]
@@ -55,8 +56,8 @@ def naive_train(text, vocab_size, pattern="gpt4", specials=()):
 def random_unicode(seed, n_words=3000):
     """Words over mixed scripts, emoji (4-byte UTF-8), combining marks, digits and odd whitespace."""
     rng = random.Random(seed)
-    alphabet = ("abcdefghij" "ÄéßñøЖжЯяあいう漢字中文" "مرحبا" "שלום" "🙂🚀👍🏽" "\u0301\u0308" "0123456789" ".,!?'-"
-                "\u00a0\u2003")
+    alphabet = ("abcdefghij" "ÄéßñøЖжЯяあいう漢字中文" "مرحبا" "שלום" "🙂🚀👍🏽" "\u0301\u0308"
+                "0123456789" ".,!?'-" "\u00a0\u2003")
     lexicon = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(300)]
     seps = [" ", " ", " ", "\n", "  ", "\n\n", "\t", ", ", "\r\n"]
     return "".join(rng.choice(lexicon) + rng.choice(seps) for _ in range(n_words))
