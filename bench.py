@@ -1,9 +1,10 @@
 """
-Throughput benchmarks: training speed and sampling speed with and without the KV cache.
+Throughput benchmarks: training speed, sampling speed with and without the KV cache, and the BPE tokenizer.
 
     python bench.py config/shakespeare_char.py            # any train config; its model, batch and device
     python bench.py config/shakespeare_char.py --json     # one JSON object, for scripts
     python bench.py config/shakespeare_char.py --what sample --sample_tokens 1000
+    python bench.py --what tokenizer --text_file input.txt   # BPE vs HuggingFace tokenizers and tiktoken
 
 Training: median ms per optimizer step over bench_iters steps (after warmup steps that are not timed),
 tokens/s, and MFU: achieved FLOP/s (6N + attention per token, see train.flops_per_token) over the hardware's
@@ -15,29 +16,49 @@ cache-free path re-runs the whole context for every token), same model, prompt a
 produce the same tokens. Random weights: speed does not depend on what the model has learned.
 Two rows: `sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size,
 the longest generation that fits in the context, where the cache is never rebuilt (see model.GPT.stream).
+
+Tokenizer (`--what tokenizer`, not part of 'all'; needs `pip install tokenizers`, the Rust trainer it is
+compared with): training time of tokenizer.BPETokenizer against HuggingFace `tokenizers` on the same text with
+the same split pattern and vocabulary size, on Tiny Shakespeare (vocab 4,096) and on a ~20 MB English corpus
+built from this machine's man pages and GNU info manuals (vocab 32,768; its size and sha256 are printed so runs
+can be compared). Every training runs in a fresh process, so its peak memory (max RSS) is its own. Then
+encoding speed: the pure-Python encoder (chunk cache warm, and cold) against tiktoken on the same vocabulary,
+one thread each.
 """
 
+import glob
+import gzip
+import hashlib
+import importlib.util
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
-from configurator import configure, main_guard
+from configurator import UserError, configure, main_guard
 from model import GPT, GPTConfig
 from train import TrainConfig, autocast, flops_per_token, make_optimizer, peak_flops, pick_device, pick_dtype
 
 
 @dataclass
 class BenchConfig(TrainConfig):  # every train setting (so train configs work here), plus:
-    what: str = "all"  # 'train', 'sample' or 'all'
+    what: str = "all"  # 'train', 'sample', 'all' (both) or 'tokenizer'
     vocab_size: int = 65  # random tokens of this vocabulary (no data needed)
     bench_iters: int = 10  # timed training steps
     warmup: int = 2  # untimed steps first (allocator, caches, compile)
     sample_tokens: int = 500
     repeats: int = 3
     json: bool = False
+    text_file: str = ""  # tokenizer: Tiny Shakespeare (downloaded if not given)
+    corpus_mb: int = 20  # tokenizer: size of the man-page corpus
+    big_vocab: int = 32768  # tokenizer: vocabulary trained on it
 
 
 def sync(device):
@@ -106,8 +127,150 @@ def bench_sample(cfg, device, ctx):
     return rows
 
 
+# ---- tokenizer ----
+
+def man_corpus(mb):
+    """English text that every Debian-like machine has: man pages (roff markup stripped) and GNU info manuals,
+    in sorted file order, cut to `mb` million bytes."""
+    files = sorted(glob.glob("/usr/share/man/man[1-9]*/*.gz")) + sorted(glob.glob("/usr/share/info/*.gz"))
+    roff = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\\(..|\\\*(\(..|.)|\\s[-+]?\d+|\\[&|^%]")
+    parts, size = [], 0
+    for f in files:
+        try:
+            text = gzip.open(f).read().decode("utf-8")
+        except (OSError, UnicodeDecodeError, EOFError):
+            continue
+        if "/man/" in f:  # drop roff requests (.TH, .SH, ...) and inline font/character escapes
+            text = roff.sub("", "\n".join(l for l in text.split("\n") if not l.startswith((".", "'"))))
+            text = text.replace("\\-", "-").replace("\\e", "\\")
+        parts.append(text)
+        size += len(text.encode())
+        if size >= mb * 1_000_000:
+            break
+    return "\n".join(parts).encode()[:mb * 1_000_000].decode("utf-8", errors="ignore")
+
+
+# One training run, as a script run in a fresh Python process (no torch imported: the peak memory is the
+# tokenizer's own plus the text's). Prints [seconds, peak RSS of the process in MB, of its largest worker in MB].
+TRAIN_ONCE = """
+import json, resource, sys, time
+from tokenizer import PATTERNS, BPETokenizer
+which, path, vocab_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+text = open(path, encoding="utf-8").read()
+t = time.perf_counter()
+if which == "ours":
+    BPETokenizer.train(text, vocab_size, pattern="gpt4", special_tokens=["<|endoftext|>"], progress=False)
+else:  # the same job for HuggingFace tokenizers: gpt4 split, then bytes; vocab = bytes + merges + special
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PATTERNS["gpt4"]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert tok.get_vocab_size() == vocab_size
+dt = time.perf_counter() - t
+mb = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 ** 2  # ru_maxrss is KiB on Linux, bytes on macOS
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mb
+try:  # Linux: ru_maxrss survives exec (it would count bench.py's torch); VmHWM is this program's own peak
+    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+except OSError:
+    pass
+print(json.dumps([dt, peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * mb]))
+"""
+
+
+def _train_once(which, path, vocab_size):
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", TRAIN_ONCE, which, path, str(vocab_size)], cwd=here,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise UserError(f"the {which} tokenizer training run failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def bench_tokenizer(cfg):
+    from prepare_data import SHAKESPEARE_URL, download
+    from tokenizer import BPETokenizer
+    rivals = ["ours", "hf"] if importlib.util.find_spec("tokenizers") else ["ours"]
+    if len(rivals) == 1:
+        print("(HuggingFace tokenizers is not installed: `pip install tokenizers` to compare against it)")
+    if cfg.text_file:
+        with open(cfg.text_file, encoding="utf-8") as f:
+            shakespeare = f.read()
+    else:
+        shakespeare = download(SHAKESPEARE_URL)
+    corpus = man_corpus(cfg.corpus_mb)
+    result = {"corpus_bytes": len(corpus.encode()), "corpus_sha256": hashlib.sha256(corpus.encode()).hexdigest(),
+              "cores": os.cpu_count(), "repeats": cfg.repeats, "training": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text, vocab in [("tiny shakespeare", shakespeare, 4096), ("man+info corpus", corpus, cfg.big_vocab)]:
+            path = os.path.join(tmp, "text.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            row = {"corpus": name, "mb": len(text.encode()) / 1e6, "vocab_size": vocab}
+            for who in rivals:
+                runs = []
+                for _ in range(cfg.repeats):  # a fresh process per run: its peak memory is its own
+                    runs.append(_train_once(who, path, vocab))
+                row[f"{who}_s"] = statistics.median(r[0] for r in runs)
+                row[f"{who}_peak_mb"] = max(r[1] for r in runs)
+                row[f"{who}_workers_peak_mb"] = max(r[2] for r in runs)
+            if "hf_s" in row:
+                row["ratio"] = row["ours_s"] / row["hf_s"]
+            result["training"].append(row)
+
+    # encoding, one thread each, on the vocabulary trained on Tiny Shakespeare
+    tok = BPETokenizer.train(shakespeare, 4096, progress=False)
+    enc = tok.to_tiktoken()
+    mb = len(shakespeare.encode()) / 1e6
+
+    def speed(fn):
+        times = []
+        for _ in range(cfg.repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return mb / statistics.median(times)
+
+    cold = speed(lambda: (tok.cache.clear(), tok.encode_ordinary(shakespeare)))
+    warm = speed(lambda: tok.encode_ordinary(shakespeare))
+    fast = speed(lambda: enc.encode_ordinary(shakespeare))
+    assert tok.encode_ordinary(shakespeare) == enc.encode_ordinary(shakespeare)
+    result["encoding"] = {"mb": mb, "python_cold_mb_s": cold, "python_warm_mb_s": warm, "tiktoken_mb_s": fast,
+                          "ratio": warm / fast}
+    return result
+
+
+def print_tokenizer(r):
+    print(f"BPE training: median of {r['repeats']} runs, each in a fresh process; split pattern gpt4; "
+          f"{r['cores']} cores")
+    print(f"man+info corpus: {r['corpus_bytes']:,} bytes, sha256 {r['corpus_sha256'][:16]}")
+    print("peak memory: max RSS of the training process (python + the text + training); ours also of its largest "
+          "chunk-counting worker")
+    print(f"  {'corpus':<18}{'MB':>6}{'vocab':>8}{'ours s':>9}{'HF s':>8}{'ours/HF':>9}"
+          f"{'ours MB':>9}{'worker MB':>10}{'HF MB':>8}")
+    for t in r["training"]:
+        hf = f"{t['hf_s']:8.2f}{t['ratio']:8.2f}x" if "hf_s" in t else f"{'n/a':>8}{'':>9}"
+        hf_peak = f"{t['hf_peak_mb']:8.0f}" if "hf_s" in t else ""
+        print(f"  {t['corpus']:<18}{t['mb']:6.1f}{t['vocab_size']:8,}{t['ours_s']:9.2f}{hf}"
+              f"{t['ours_peak_mb']:9.0f}{t['ours_workers_peak_mb']:10.0f}{hf_peak}")
+    e = r["encoding"]
+    print(f"\nencoding Tiny Shakespeare ({e['mb']:.1f} MB, vocab 4,096), one thread")
+    print(f"  pure Python, warm chunk cache {e['python_warm_mb_s']:6.2f} MB/s  ({e['ratio']:.2f}x tiktoken)")
+    print(f"  pure Python, cold chunk cache {e['python_cold_mb_s']:6.2f} MB/s")
+    print(f"  to_tiktoken()                 {e['tiktoken_mb_s']:6.2f} MB/s")
+
+
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
+    if cfg.what not in ("train", "sample", "all", "tokenizer"):
+        raise UserError(f"what={cfg.what!r}: choose train, sample, all or tokenizer")
+    if cfg.what == "tokenizer":
+        r = bench_tokenizer(cfg)
+        print(json.dumps(r)) if cfg.json else print_tokenizer(r)
+        return
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)
