@@ -31,6 +31,7 @@ import argparse
 import collections
 import concurrent.futures
 import heapq
+import itertools
 import json
 import os
 import re
@@ -191,41 +192,29 @@ def _batches(texts, specials, cuttable):
 def count_chunks(texts, pattern, specials, workers, bar):
     """Chunk -> count over all texts; with workers > 1 and more than one batch of text, in worker processes
     (counting is independent per batch, and splitting is most of the time on a large corpus)."""
-    cuttable = pattern in PATTERNS.values()
-    batches = _batches(texts, specials, cuttable)
-    first = next(batches, None)
+    batches = _batches(texts, specials, cuttable=pattern in PATTERNS.values())
+    head = list(itertools.islice(batches, 2))
     counts = collections.Counter()
-    if first is None:
-        return counts
-    second = next(batches, None)
-    if second is None or workers <= 1:
-        for batch in (first, second) if second else (first,):
-            _count_chunks(pattern, batch, counts)
-            bar.update(sum(map(len, batch)))
-        for batch in batches:
+    if workers <= 1 or len(head) < 2:  # a small input is not worth starting processes for
+        for batch in itertools.chain(head, batches):
             _count_chunks(pattern, batch, counts)
             bar.update(sum(map(len, batch)))
         return counts
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         pending = collections.deque()
-        for batch in _chain((first, second), batches):
+
+        def collect():
+            fut, n = pending.popleft()
+            counts.update(fut.result())
+            bar.update(n)
+
+        for batch in itertools.chain(head, batches):
             pending.append((pool.submit(_count_chunks, pattern, batch), sum(map(len, batch))))
             while len(pending) > 2 * workers:  # bounded: never more than a few batches in memory
-                _collect(pending, counts, bar)
+                collect()
         while pending:
-            _collect(pending, counts, bar)
+            collect()
     return counts
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
-
-
-def _collect(pending, counts, bar):
-    fut, n = pending.popleft()
-    counts.update(fut.result())
-    bar.update(n)
 
 
 def _learn_merges(chunk_counts, n_tokens, bar):
@@ -442,8 +431,10 @@ class BPETokenizer:
                 "special_tokens": list(self.special_tokens)}
         text = json.dumps(head, ensure_ascii=False)[:-1] + ',\n "merges": [\n  ' + ",\n  ".join(rows) + "\n ]\n}\n"
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:  # a temporary file renamed into place: never half-written
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     @staticmethod
