@@ -195,7 +195,8 @@ def bench_tokenizer(cfg):
     from tokenizer import BPETokenizer
     rivals = ["ours", "hf"] if importlib.util.find_spec("tokenizers") else ["ours"]
     if len(rivals) == 1:
-        print("(HuggingFace tokenizers is not installed: `pip install tokenizers` to compare against it)")
+        print("(HuggingFace tokenizers is not installed: `pip install tokenizers` to compare against it)",
+              file=sys.stderr)
     if cfg.text_file:
         with open(cfg.text_file, encoding="utf-8") as f:
             shakespeare = f.read()

@@ -75,3 +75,15 @@ def test_bench_json():
     assert res["train"]["tokens_per_s"] > 0 and 0 < res["train"]["mfu"] < 1
     assert [row["new_tokens"] for row in res["sample"]] == [40, 31]
     assert all(row["same_tokens"] for row in res["sample"])
+
+
+def test_bench_tokenizer_json():
+    # small sizes: this checks that the benchmark runs and reports, not how fast anything is
+    r = run_script("bench.py", "--what=tokenizer", f"--text_file={SHAKESPEARE}", "--corpus_mb=1",
+                   "--big_vocab=600", "--repeats=1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert [row["vocab_size"] for row in out["training"]] == [4096, 600]
+    assert all(row["ours_s"] > 0 and row["ours_peak_mb"] > 0 for row in out["training"])
+    assert out["corpus_bytes"] <= 1_000_000 and len(out["corpus_sha256"]) == 64
+    assert out["encoding"]["python_warm_mb_s"] > 0 and out["encoding"]["tiktoken_mb_s"] > 0
