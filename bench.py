@@ -43,8 +43,9 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard
-from model import GPT, GPTConfig
-from train import TrainConfig, autocast, flops_per_token, make_optimizer, peak_flops, pick_device, pick_dtype
+from model import GPT
+from train import (TrainConfig, autocast, flops_per_token, make_optimizer, model_config, peak_flops, pick_device,
+                   pick_dtype)
 
 
 @dataclass
@@ -69,8 +70,7 @@ def sync(device):
 def build(cfg):
     """The config's model with random weights (seeded: both benchmarks see the same model)."""
     torch.manual_seed(cfg.seed)
-    return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head))
+    return GPT(model_config(cfg, cfg.vocab_size))
 
 
 def bench_train(cfg, device, dtype, ctx):

@@ -11,7 +11,9 @@ The parameter names are GPT-2's own (wte, wpe, h.0.attn.c_attn, ...) so importin
 
 Two things here that nanoGPT lacks:
 - `log_probs`: *normalised* next-token log-probabilities. Sampling and evaluation score only through it, so a
-  different output head (the switch `head` in GPTConfig) changes one place.
+  different output head (the switch `head` in GPTConfig) changes one place. Three heads:
+  softmax (cross-entropy, GPT-2's), sigmoid (every token an independent yes/no, binary cross-entropy) and
+  bayes (a Gaussian over the output weights, sampled at prediction time). See "the output head" below.
 - a KV cache in `generate`: during generation each new token needs the keys and values of all earlier tokens
   at every layer; those never change, so they are stored instead of recomputed, and each step costs one
   token's worth of work instead of a whole sequence's.
@@ -121,11 +123,18 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has them
-    head: str = "softmax"  # the output head: how logits become a loss and a distribution over the next token
+    head: str = "softmax"  # the output head: 'softmax', 'sigmoid' or 'bayes' (see GPT.head_loss)
+    bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
+    bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
+    bayes_samples: int = 10  # bayes: weight draws averaged for a prediction
 
     def __post_init__(self):
-        if self.head != "softmax":
-            raise ValueError(f"unknown head {self.head!r}; this version has 'softmax'")
+        if self.head not in ("softmax", "sigmoid", "bayes"):
+            raise ValueError(f"unknown head {self.head!r}; choose softmax, sigmoid or bayes")
+        if self.head == "sigmoid" and self.vocab_size < 2:
+            raise ValueError("the sigmoid head needs vocab_size >= 2")
+        if self.bayes_prior_std <= 0 or self.bayes_init_std <= 0 or self.bayes_samples < 1:
+            raise ValueError("bayes_prior_std and bayes_init_std must be > 0 and bayes_samples >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
@@ -145,6 +154,17 @@ class GPT(nn.Module):
         # weight tying: the output layer scores token j by the dot product with j's input embedding, so one
         # matrix learns what a token means both as input and as prediction (and 38M fewer parameters in GPT-2)
         self.transformer.wte.weight = self.lm_head.weight
+        V, C = config.vocab_size, config.n_embd
+        if config.head == "sigmoid":
+            # a bias per token, starting at logit(1/V) = -log(V-1): every sigmoid starts at 1/V, the same
+            # "any token, equally" as softmax at init; without it each of V sigmoids starts at 1/2, and the
+            # first steps are spent pushing V-1 of them down
+            self.lm_bias = nn.Parameter(torch.full((V,), -math.log(V - 1)))
+        if config.head == "bayes":
+            # q(W) = N(mu, sigma^2) per output weight, sigma = softplus(rho) > 0. mu *is* the tied lm_head/wte
+            # matrix: with sigma -> 0 the head is exactly the softmax head, the parameter count differs from it
+            # only by rho, and a pretrained model's output weights are the posterior mean to start from
+            self.lm_rho = nn.Parameter(torch.full((V, C), math.log(math.expm1(config.bayes_init_std))))
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer): each of the
         # 2 * n_layer branches adds to the same sum, and this keeps its variance from growing with depth
@@ -181,27 +201,103 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     # --- the output head: the only place where the choice of head matters --------------------------------
+    #
+    # softmax: p(y) = exp(z_y) / sum_j exp(z_j); loss = -log p(y), the cross-entropy.
+    # sigmoid: each token j is an independent Bernoulli with P(j follows) = sigma(z_j). Loss = binary
+    #   cross-entropy summed over the vocabulary (one "yes", V-1 "no"s), averaged over tokens: nats per token on
+    #   the scale of cross-entropy. As a distribution over the one next token: p(y) = sigma(z_y) / sum_j sigma(z_j).
+    # bayes: softmax over logits z_j = h . w_j with W ~ q(W) = N(mu, sigma^2): trained on one draw per token,
+    #   predicting with the average of bayes_samples draws' probabilities. Training adds KL(q || prior) / N
+    #   (train.py, with model.kl()).
 
-    def head_loss(self, logits, targets):
-        """Mean loss per predicted token, targets of -1 ignored. Softmax: cross-entropy, -log softmax(z)_y."""
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+    def logits(self, h):
+        """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights."""
+        z = self.lm_head(h)
+        return z + self.lm_bias if self.config.head == "sigmoid" else z
 
-    def head_log_probs(self, logits):
-        """Normalised next-token log-probabilities from logits (in fp32: bf16 would round them coarsely)."""
-        return F.log_softmax(logits.float(), dim=-1)
+    def head_loss(self, logits, targets, h=None):
+        """Mean loss per predicted token (nats), targets of -1 ignored, computed in fp32."""
+        V = logits.size(-1)
+        z, y = logits.float().reshape(-1, V), targets.reshape(-1)
+        if self.config.head == "sigmoid":
+            # -log sigma(z) = softplus(-z) = softplus(z) - z and -log(1 - sigma(z)) = softplus(z), so
+            # BCE = sum_j softplus(z_j) - z_y: one pass over the logits, no one-hot or dense target is ever built
+            keep = y != -1
+            bce = F.softplus(z).sum(-1) - z.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+            return (bce * keep).sum() / keep.sum().clamp_min(1)
+        if self.config.head == "bayes":
+            if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]
+                z = z + self.logit_std(h).float().reshape(-1, V) * torch.randn_like(z)
+            else:  # the loss we report: NLL of the averaged prediction, never with the KL term
+                return F.nll_loss(self.head_log_probs(logits, h).reshape(-1, V), y, ignore_index=-1)
+        return F.cross_entropy(z, y, ignore_index=-1)
+
+    def head_log_probs(self, logits, h=None):
+        """Normalised next-token log-probabilities (fp32: bf16 would round them coarsely)."""
+        z = logits.float()
+        if self.config.head == "sigmoid":
+            ls = F.logsigmoid(z)
+            return ls - ls.logsumexp(-1, keepdim=True)
+        if self.config.head == "bayes":
+            return self.bayes_predict(logits, h)[0]
+        return F.log_softmax(z, dim=-1)
+
+    def logit_std(self, h):
+        """bayes: the std of each logit under q(W). Independent weights: Var(h . w_j) = sum_c h_c^2 sigma_jc^2,
+        one matmul. Drawing logits from N(mean, std^2) is the local reparameterisation trick: the same
+        distribution as drawing W and multiplying, without ever materialising a (V, C) weight sample."""
+        var = h.square() @ F.softplus(self.lm_rho).square().t()
+        return var.clamp_min(1e-20).sqrt()
+
+    def bayes_predict(self, logits, h, samples=None):
+        """bayes: (log of the mean predictive probability, expected entropy) over `samples` draws. Averaging
+        is in probability space: log (1/S) sum_s p_s = logsumexp_s log p_s - log S. The predictive entropy
+        H[mean p] = E[H[p_s]] + mutual information (model uncertainty: how much the draws disagree)."""
+        S = samples or self.config.bayes_samples
+        z, std = logits.float(), self.logit_std(h).float()
+        acc, ent = None, 0.0
+        for _ in range(S):  # one draw at a time: memory stays a few (B, T, V) tensors whatever S is
+            lp = F.log_softmax(z + std * torch.randn_like(z), dim=-1)
+            ent = ent - (lp.exp() * lp).sum(-1) / S
+            acc = lp if acc is None else torch.logaddexp(acc, lp)
+        return acc - math.log(S), ent
+
+    def kl(self):
+        """bayes: KL(q(W) || N(0, sp^2)) summed over the output weights, in closed form per weight:
+        log(sp / sigma) + (sigma^2 + mu^2) / (2 sp^2) - 1/2. Zero for the other heads."""
+        if self.config.head != "bayes":
+            return torch.zeros((), device=self.lm_head.weight.device)
+        sigma, mu, sp = F.softplus(self.lm_rho), self.lm_head.weight, self.config.bayes_prior_std
+        return (math.log(sp) - sigma.log() + (sigma.square() + mu.square()) / (2 * sp ** 2) - 0.5).sum()
 
     # ------------------------------------------------------------------------------------------------------
 
     def forward(self, idx, targets=None):
         """Logits (B, T, V) at every position and, given targets (B, T), the mean loss (else None)."""
-        logits = self.lm_head(self.hidden(idx))
-        loss = self.head_loss(logits, targets) if targets is not None else None
+        h = self.hidden(idx)
+        logits = self.logits(h)
+        loss = self.head_loss(logits, targets, h) if targets is not None else None
         return logits, loss
 
     def log_probs(self, idx):
         """Normalised log p(next token | prefix) at every position: (B, T, V). Everything that scores or
         samples goes through here, so every head is compared on the same footing."""
-        return self.head_log_probs(self.lm_head(self.hidden(idx)))
+        h = self.hidden(idx)
+        return self.head_log_probs(self.logits(h), h)
+
+    @torch.no_grad()
+    def uncertainty(self, idx):
+        """Per position (B, T): the normalised log-probabilities (B, T, V), the predictive entropy and the
+        mutual information between the next token and the weights (bayes; zero for the other heads)."""
+        h = self.hidden(idx)
+        z = self.logits(h)
+        if self.config.head == "bayes":
+            logp, expected_entropy = self.bayes_predict(z, h)
+        else:
+            logp = self.head_log_probs(z, h)
+        entropy = -(logp.exp() * logp).sum(-1)
+        mi = entropy - expected_entropy if self.config.head == "bayes" else torch.zeros_like(entropy)
+        return logp, entropy, mi
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
@@ -217,15 +313,14 @@ class GPT(nn.Module):
         cache = None
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits = self.lm_head(self.hidden(idx[:, -bs:])[:, -1])
+                h = self.hidden(idx[:, -bs:])
+            elif cache is None or cache.pos >= bs:  # (re)fill the cache from the last block_size tokens
+                cache = KVCache(self.config)
+                h = self.hidden(idx[:, -bs:], cache)
             else:
-                if cache is None or cache.pos >= bs:  # (re)fill the cache from the last block_size tokens
-                    cache = KVCache(self.config)
-                    h = self.hidden(idx[:, -bs:], cache)
-                else:
-                    h = self.hidden(idx[:, -1:], cache)
-                logits = self.lm_head(h[:, -1])
-            logp = self.head_log_probs(logits)  # (B, V)
+                h = self.hidden(idx[:, -1:], cache)
+            h = h[:, -1]
+            logp = self.head_log_probs(self.logits(h), h)  # (B, V)
             idx_next = sample_next(logp, temperature, top_k, top_p, greedy)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next

@@ -5,13 +5,16 @@ Generate text from a trained checkpoint, streaming each token as it is produced.
     python sample.py --top_p 0.9 --temperature 0.8
     python sample.py --start "ROMEO:" --num_samples 3 --max_new_tokens 200
     python sample.py --start FILE:prompt.txt --greedy
+    python sample.py --out_dir out-bayes --show_uncertainty   # per token: probability, entropy (+ MI for bayes)
 
 Sampling knobs, applied in this order to the model's next-token distribution p:
 - temperature T: p_i ∝ p_i^(1/T); below 1 sharpens toward the likeliest tokens, above 1 flattens.
 - top_k: keep only the k likeliest tokens.
 - top_p (nucleus): keep the smallest set of likeliest tokens whose probabilities sum to at least top_p.
 - greedy (or temperature 0): always take the likeliest token; deterministic.
-The tokenizer comes from the checkpoint itself, so no data folder is needed.
+The tokenizer comes from the checkpoint itself, so no data folder is needed. Every head samples from its own
+normalised distribution (model.log_probs): softmax; sigmoid's sigma_j / sum sigma; bayes's average of
+bayes_samples weight draws.
 """
 
 import sys
@@ -36,6 +39,7 @@ class SampleConfig:
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
+    show_uncertainty: bool = False  # after each sample, a line per new token: p, entropy, mutual information
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
@@ -100,10 +104,30 @@ def main(argv=None):
                     sys.stdout.write(text[shown:])
                     sys.stdout.flush()
                     shown = len(text)
-        sys.stdout.write(tok.decode(out)[shown:] + ("\n---------------\n" if k < cfg.num_samples - 1 else "\n"))
+        sys.stdout.write(tok.decode(out)[shown:] + "\n")
+        if cfg.show_uncertainty:
+            show_uncertainty(model, out, len(ids), tok, ctx, device)
+        sys.stdout.write("---------------\n" if k < cfg.num_samples - 1 else "")
         sys.stdout.flush()
     dt = time.time() - t0
     print(f"{n_tokens} tokens in {dt:.2f} s: {n_tokens / max(dt, 1e-9):.1f} tokens/s", file=sys.stderr)
+
+
+def show_uncertainty(model, ids, n_prompt, tok, ctx, device):
+    """For every generated token: its probability, the entropy of the distribution it was drawn from (nats:
+    0 = certain, ln V = uniform) and, for the bayes head, the part of that entropy that is disagreement between
+    weight draws (mutual information: what more data would resolve). Recomputed with a forward pass over the
+    last block_size tokens (for bayes with fresh weight draws, so p differs slightly from sampling time)."""
+    bs = model.config.block_size
+    seq = torch.tensor(ids[-bs - 1:], device=device)[None, :]  # predictions for the last <= bs tokens
+    with ctx, torch.no_grad():
+        logp, entropy, mi = model.uncertainty(seq[:, :-1])
+    p = logp[0].gather(-1, seq[0, 1:, None]).exp().squeeze(-1)
+    first = max(n_prompt, len(ids) - (seq.size(1) - 1))
+    print(f"{'token':>14} {'p':>7} {'entropy':>8} {'MI':>7}")
+    for j in range(first, len(ids)):
+        k = j - (len(ids) - (seq.size(1) - 1))
+        print(f"{tok.decode([ids[j]])!r:>14} {p[k]:7.3f} {entropy[0, k]:8.3f} {mi[0, k]:7.3f}")
 
 
 if __name__ == "__main__":

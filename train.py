@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from configurator import UserError, configure, main_guard, show
 from model import GPT, GPTConfig
@@ -52,7 +53,11 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-    head: str = "softmax"
+    head: str = "softmax"  # 'softmax', 'sigmoid' (BCE) or 'bayes' (Gaussian output weights); see model.py
+    bayes_prior_std: float = 1.0  # bayes: prior N(0, std^2) on each output weight
+    bayes_init_std: float = 3e-3  # bayes: posterior std at init
+    bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
+    bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / train_tokens
     # AdamW
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -70,6 +75,17 @@ class TrainConfig:
     dtype: str = "auto"  # 'auto' (bfloat16 on GPUs that have it, else float16 on cuda, else float32)
     compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
     seed: int = 1337
+
+
+def model_config(cfg, vocab_size):
+    """The GPTConfig a training config describes."""
+    try:
+        return GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head,
+                         bayes_prior_std=cfg.bayes_prior_std, bayes_init_std=cfg.bayes_init_std,
+                         bayes_samples=cfg.bayes_samples)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def check(cfg):
@@ -165,10 +181,12 @@ def get_lr(it, cfg):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay only on matrices (2+ dims): biases and LayerNorm gains are not shrunk to 0."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor the
+    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2 and n != "lm_rho"]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in named if p.dim() < 2 or n == "lm_rho"], "weight_decay": 0.0}]
     fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
@@ -232,8 +250,9 @@ def load_checkpoint(path, device="cpu"):
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, device, ctx):
-    """Mean loss over eval_iters batches per split. The batches come from their own fixed seed: every
-    evaluation scores the same windows (a fair curve) and the training batch stream is left untouched."""
+    """Mean NLL of the normalised prediction (nats per token: the same measure for every head; for sigmoid it
+    is not the BCE it trains on) over eval_iters batches per split. The batches come from their own fixed seed:
+    every evaluation scores the same windows (a fair curve) and the training batch stream is left untouched."""
     model.eval()
     out = {}
     for split, data in splits.items():
@@ -242,7 +261,8 @@ def estimate_loss(model, splits, cfg, device, ctx):
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data, cfg, gen, device)
             with ctx:
-                losses.append(model(x, y)[1].item())
+                logp = model.log_probs(x)
+            losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten()).item())
         out[split] = sum(losses) / len(losses)
     model.train()
     return out
@@ -287,11 +307,7 @@ def main(argv=None):
     ctx = autocast(device, dtype)
 
     meta, splits = load_data(cfg)
-    try:
-        mconf = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    mconf = model_config(cfg, meta["vocab_size"])
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
     if cfg.init_from == "resume":
@@ -378,6 +394,9 @@ def main(argv=None):
                 _, loss = model(x, y)
                 loss = loss / cfg.gradient_accumulation_steps  # the sum over micro-steps is the batch mean
             loss_sum += loss.detach()
+            if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
+                kl = raw_model.kl() * cfg.bayes_kl_weight / meta["train_tokens"]
+                loss = loss + kl
             scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -395,7 +414,8 @@ def main(argv=None):
             print(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
                   f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
             write({"iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start})
+                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start}
+                  | ({"kl": kl.item()} if cfg.head == "bayes" else {}))
             step_time, step_count = 0.0, 0
         else:
             step_time += time.time() - t_step

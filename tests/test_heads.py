@@ -1,0 +1,160 @@
+"""The output heads (softmax, sigmoid/BCE, bayes) against torch's own losses and against sampling explicitly."""
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from conftest import TINY
+from model import GPT, GPTConfig
+
+HEADS = ["softmax", "sigmoid", "bayes"]
+
+
+def small(head, V=11, **kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=16, vocab_size=V, n_layer=1, n_head=2, n_embd=8, head=head, **kw))
+
+
+def test_sigmoid_loss_is_bce_summed_over_the_vocabulary():
+    m = small("sigmoid").eval()
+    with torch.no_grad():
+        m.lm_bias.normal_()  # away from init, so every term matters
+    idx = torch.randint(11, (3, 16))
+    y = torch.randint(11, (3, 16))
+    y[0, :5] = -1  # ignored positions
+    logits, loss = m(idx, y)
+    keep = y != -1
+    onehot = F.one_hot(y[keep], 11).float()
+    ref = F.binary_cross_entropy_with_logits(logits[keep], onehot, reduction="sum") / keep.sum()
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_sigmoid_loss_at_init_is_log_v_plus_one():
+    V = 500
+    m = small("sigmoid", V=V)
+    _, loss = m(torch.randint(V, (4, 16)), torch.randint(V, (4, 16)))
+    # every sigma(z) ~ 1/V: V * softplus(-log(V-1)) + log(V-1) = V log(V/(V-1)) + log(V-1) ~ 1 + ln V
+    assert abs(loss.item() - (1 + math.log(V))) < 0.05
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_log_probs_are_normalised(head):
+    m = small(head).eval()
+    with torch.no_grad():
+        logp = m.log_probs(torch.randint(11, (2, 16)))
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 16), atol=1e-5)
+
+
+def test_sigmoid_distribution_is_sigma_over_its_sum():
+    m = small("sigmoid").eval()
+    idx = torch.randint(11, (2, 16))
+    with torch.no_grad():
+        s = torch.sigmoid(m(idx)[0])
+        assert torch.allclose(m.log_probs(idx).exp(), s / s.sum(-1, keepdim=True), atol=1e-6)
+
+
+def test_bayes_kl_matches_monte_carlo():
+    m = small("bayes", bayes_prior_std=0.5, bayes_init_std=0.05)
+    with torch.no_grad():
+        m.lm_rho.add_(0.5 * torch.randn_like(m.lm_rho))  # different sigmas per weight
+        mu, sigma = m.lm_head.weight, F.softplus(m.lm_rho)
+        q, p = torch.distributions.Normal(mu, sigma), torch.distributions.Normal(0.0, 0.5)
+        g = torch.Generator().manual_seed(0)
+        est = []
+        for _ in range(400):
+            w = mu + sigma * torch.randn(mu.shape, generator=g)
+            est.append((q.log_prob(w) - p.log_prob(w)).sum())
+        est = torch.stack(est)
+        kl = m.kl()
+    assert abs(kl - est.mean()) < 4 * est.std() / 20  # within 4 standard errors of the MC mean
+    assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).sum(), rtol=1e-5)
+
+
+def test_local_reparameterisation_has_the_moments_of_weight_sampling():
+    m = small("bayes", bayes_init_std=0.3)
+    h = torch.randn(4, 8)
+    with torch.no_grad():
+        mu, sigma = m.lm_head.weight, F.softplus(m.lm_rho)
+        g = torch.Generator().manual_seed(0)
+        explicit = torch.stack([h @ (mu + sigma * torch.randn(mu.shape, generator=g)).t() for _ in range(20000)])
+        mean, std = m.logits(h), m.logit_std(h)
+        torch.manual_seed(1)
+        lrt = mean + std * torch.randn(20000, *mean.shape)
+    for draws in (explicit, lrt):
+        assert torch.allclose(draws.mean(0), mean, atol=4 * std.max().item() / math.sqrt(20000))
+        assert torch.allclose(draws.std(0), std, rtol=0.05)
+
+
+def test_bayes_with_sigma_to_zero_is_the_softmax_head():
+    soft, bayes = small("softmax").eval(), small("bayes").eval()
+    bayes.load_state_dict(soft.state_dict() | {"lm_rho": torch.full_like(bayes.lm_rho, -60.0)}, strict=True)
+    idx, y = torch.randint(11, (2, 16)), torch.randint(11, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(bayes.log_probs(idx), soft.log_probs(idx), atol=1e-5)
+        assert torch.allclose(bayes(idx, y)[1], soft(idx, y)[1], atol=1e-5)
+        bayes.train(), soft.train()  # the training loss too (one draw, of zero noise)
+        assert torch.allclose(bayes(idx, y)[1], soft(idx, y)[1], atol=1e-6)
+
+
+def test_bayes_prediction_averages_probabilities_not_logits():
+    m = small("bayes", bayes_init_std=1.0, bayes_samples=7).eval()
+    h = torch.randn(3, 8)
+    with torch.no_grad():
+        z, std = m.logits(h), m.logit_std(h)
+        torch.manual_seed(5)
+        got, expected_entropy = m.bayes_predict(z, h)
+        torch.manual_seed(5)
+        draws = torch.stack([F.softmax(z + std * torch.randn_like(z), -1) for _ in range(7)])
+    assert torch.allclose(got.exp(), draws.mean(0), atol=1e-6)
+    assert torch.allclose(expected_entropy, -(draws * draws.log()).sum(-1).mean(0), atol=1e-5)
+    averaged_logits = F.log_softmax(z + std * 0, -1)  # what averaging logits would give, roughly
+    assert not torch.allclose(got, averaged_logits, atol=1e-3)
+    predictive_entropy = -(got.exp() * got).sum(-1)
+    assert (predictive_entropy >= expected_entropy - 1e-6).all()  # mutual information >= 0
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "bayes"])
+def test_kv_cache_generation_equals_cache_free(head):
+    m = small(head).eval()
+    prompt = torch.randint(11, (2, 3))
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(7)
+        outs.append(m.generate(prompt, 30, temperature=0.9, top_p=0.95, use_cache=use_cache))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_rho_and_bias_are_not_weight_decayed():
+    cfg = train.TrainConfig(weight_decay=0.1, device="cpu")
+    for head, name in (("bayes", "lm_rho"), ("sigmoid", "lm_bias")):
+        m = small(head)
+        opt = train.make_optimizer(m, cfg, "cpu")
+        param = getattr(m, name)
+        group = next(g for g in opt.param_groups if any(p is param for p in g["params"]))
+        assert group["weight_decay"] == 0.0
+    assert any(p is m.lm_head.weight for p in opt.param_groups[0]["params"])
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "bayes"])
+def test_every_head_trains_and_samples(head, data_dir, tmp_path):
+    from sample import main as sample_main
+    out = str(tmp_path / head)
+    train.main([*TINY, f"--data_dir={data_dir}", f"--out_dir={out}", f"--head={head}", "--max_iters=100",
+                "--lr_decay_iters=100", "--eval_interval=50", "--eval_iters=5", "--log_interval=10"])
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    evals = [r for r in rows if "val_loss" in r]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8  # normalised NLL, from ~ln(65) = 4.17
+    steps = [r for r in rows if "loss" in r]
+    assert ("kl" in steps[0]) == (head == "bayes")
+    sample_main([f"--out_dir={out}", "--max_new_tokens=20", "--num_samples=1", "--device=cpu"])
+
+
+def test_bad_head_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown head"):
+        GPTConfig(head="probit")
+    with pytest.raises(ValueError, match="bayes_samples"):
+        GPTConfig(head="bayes", bayes_samples=0)
