@@ -26,11 +26,13 @@ encoding speed: the pure-Python encoder (chunk cache warm, and cold) against tik
 one thread each.
 """
 
+import concurrent.futures
 import glob
 import gzip
 import hashlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import re
 import statistics
@@ -57,6 +59,7 @@ class BenchConfig(TrainConfig):  # every train setting (so train configs work he
     sample_tokens: int = 500
     repeats: int = 3
     json: bool = False
+    threads: int = 0  # heads: torch threads in the measuring process (0: torch's default)
     text_file: str = ""  # tokenizer: Tiny Shakespeare (downloaded if not given)
     corpus_mb: int = 20  # tokenizer: size of the man-page corpus
     big_vocab: int = 32768  # tokenizer: vocabulary trained on it
@@ -124,6 +127,64 @@ def bench_sample(cfg, device, ctx):
         row["speedup"] = row["cached_tok_s"] / row["uncached_tok_s"]
         row["same_tokens"] = bool(torch.equal(outs[True], outs[False]))
         rows.append(row)
+    return rows
+
+
+# ---- output heads ----
+
+def _vm(key):
+    """This process's VmRSS or VmHWM (peak) in MB, from /proc (Linux); None elsewhere."""
+    try:
+        return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        return None
+
+
+def _head_step(cfg, head):
+    """Median fwd+bwd ms of one head, and the extra memory at its peak; run in a fresh process per head."""
+    torch.set_num_threads(cfg.threads) if cfg.threads else None
+    device = pick_device(cfg.device)
+    cfg.head = head
+    model = build(cfg).to(device)
+    x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+    y = x.roll(-1, dims=1)
+    for p in model.parameters():  # gradients allocated before measuring: they are the same for every head
+        p.grad = torch.zeros_like(p)
+    base = torch.cuda.memory_allocated(device) if device.startswith("cuda") else _vm("VmRSS")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(cfg.warmup + cfg.bench_iters):
+        sync(device)
+        t = time.perf_counter()
+        _, loss = model(x, y)
+        if head == "bayes":
+            loss = loss + model.kl() / 1e6  # train.py divides by the training tokens: same cost
+        loss.backward()
+        sync(device)
+        if i >= cfg.warmup:
+            times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else _vm("VmHWM"))
+    extra = None if base is None or peak is None else (peak - base) * (1 if not device.startswith("cuda") else 2 ** -20)
+    return statistics.median(times) * 1000, extra
+
+
+def bench_heads(cfg):
+    """fwd+bwd time and peak extra memory of each head, in fresh processes, as ratios to softmax."""
+    spawn = multiprocessing.get_context("spawn")
+    logits_mb = cfg.batch_size * cfg.block_size * cfg.vocab_size * 4 / 2 ** 20
+    heads = ("softmax", "sigmoid", "bayes")
+    runs = {h: [] for h in heads}
+    for _ in range(cfg.repeats):  # interleaved, so a slow moment of the machine hits every head alike
+        for head in heads:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                runs[head].append(pool.submit(_head_step, cfg, head).result())
+    rows = [{"head": h, "ms": statistics.median(ms for ms, _ in runs[h]),
+             "extra_mb": max((mb for _, mb in runs[h] if mb is not None), default=None), "logits_mb": logits_mb}
+            for h in heads]
+    for r in rows:
+        r["time_ratio"] = r["ms"] / rows[0]["ms"]
+        r["mem_ratio"] = r["extra_mb"] / rows[0]["extra_mb"] if r["extra_mb"] and rows[0]["extra_mb"] else None
     return rows
 
 
@@ -266,8 +327,22 @@ def print_tokenizer(r):
 
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
-    if cfg.what not in ("train", "sample", "all", "tokenizer"):
-        raise UserError(f"what={cfg.what!r}: choose train, sample, all or tokenizer")
+    if cfg.what not in ("train", "sample", "all", "tokenizer", "heads"):
+        raise UserError(f"what={cfg.what!r}: choose train, sample, all, tokenizer or heads")
+    if cfg.what == "heads":
+        rows = bench_heads(cfg)
+        if cfg.json:
+            print(json.dumps(rows))
+            return
+        print(f"heads: {cfg.n_layer}L {cfg.n_embd}d, {cfg.batch_size}x{cfg.block_size} tokens, vocab {cfg.vocab_size:,}"
+              f" (logits {rows[0]['logits_mb']:.0f} MB); forward+backward ms: median of {cfg.repeats} processes "
+              f"x {cfg.bench_iters} steps; extra MB: peak memory above the model, its gradients and the batch")
+        print(f"  {'head':<8}{'ms':>9}{'vs softmax':>12}{'extra MB':>10}{'vs softmax':>12}{'in logits':>11}")
+        for r in rows:
+            mem = (f"{r['extra_mb']:10.0f}{r['mem_ratio']:11.2f}x{r['extra_mb'] / r['logits_mb']:11.1f}"
+                   if r["mem_ratio"] else f"{'n/a':>10}")
+            print(f"  {r['head']:<8}{r['ms']:9.1f}{r['time_ratio']:11.2f}x{mem}")
+        return
     if cfg.what == "tokenizer":
         r = bench_tokenizer(cfg)
         print(json.dumps(r)) if cfg.json else print_tokenizer(r)

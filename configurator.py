@@ -78,7 +78,7 @@ def _read_file(path):
     """Run a config file and return the names it assigns (skipping modules and _private names)."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    ns = {}
+    ns = {"__file__": path}  # so a config can build on a sibling config file
     try:
         exec(compile(open(path).read(), path, "exec"), ns)
     except Exception as e:

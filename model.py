@@ -114,6 +114,25 @@ class KVCache:
         self.pos, self.layer = self.pos + T, 0
 
 
+class SigmoidBCE(torch.autograd.Function):
+    """Per token, binary cross-entropy summed over the vocabulary: sum_j softplus(z_j) - z_y, for logits z
+    (N, V) and targets y (N,). Its gradient is sigma(z) - onehot(y), written out here: autograd of the formula
+    would keep an extra (N, V) tensor and build a dense one from gather's backward; this builds one, like
+    cross-entropy's backward does."""
+
+    @staticmethod
+    def forward(ctx, z, y):
+        ctx.save_for_backward(z, y)
+        return F.softplus(z).sum(-1) - z.gather(1, y[:, None]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, y = ctx.saved_tensors
+        grad = torch.sigmoid(z)
+        grad[torch.arange(len(y), device=y.device), y] -= 1
+        return grad.mul_(g[:, None]), None
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
@@ -223,7 +242,7 @@ class GPT(nn.Module):
             # -log sigma(z) = softplus(-z) = softplus(z) - z and -log(1 - sigma(z)) = softplus(z), so
             # BCE = sum_j softplus(z_j) - z_y: one pass over the logits, no one-hot or dense target is ever built
             keep = y != -1
-            bce = F.softplus(z).sum(-1) - z.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+            bce = SigmoidBCE.apply(z, y.clamp_min(0))
             return (bce * keep).sum() / keep.sum().clamp_min(1)
         if self.config.head == "bayes":
             if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]

@@ -20,6 +20,7 @@ learning rate, so N iterations + resume + N more equals 2N in one go (on CPU, bi
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -248,6 +249,15 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def peak_memory_mb(device):
+    """Peak memory so far: the GPU's allocated tensors on CUDA, else the process's max RSS (Python and torch
+    included, ~300 MB of it before any tensor)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, device, ctx):
     """Mean NLL of the normalised prediction (nats per token: the same measure for every head; for sigmoid it
@@ -414,7 +424,8 @@ def main(argv=None):
             print(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
                   f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
             write({"iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start}
+                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start,
+                   "peak_mem_mb": peak_memory_mb(device)}
                   | ({"kl": kl.item()} if cfg.head == "bayes" else {}))
             step_time, step_count = 0.0, 0
         else:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import train
 from conftest import TINY
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, SigmoidBCE
 
 HEADS = ["softmax", "sigmoid", "bayes"]
 
@@ -31,6 +31,22 @@ def test_sigmoid_loss_is_bce_summed_over_the_vocabulary():
     onehot = F.one_hot(y[keep], 11).float()
     ref = F.binary_cross_entropy_with_logits(logits[keep], onehot, reduction="sum") / keep.sum()
     assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_sigmoid_loss_gradient_equals_autograd_of_bce():
+    torch.manual_seed(0)
+    z = torch.randn(20, 9, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(9, (20,))
+    y[:4] = -1
+    m = small("sigmoid", V=9)
+    m.head_loss(z, y).backward()
+    ours = z.grad.clone()
+    z.grad = None
+    keep = y != -1
+    F.binary_cross_entropy_with_logits(z[keep], F.one_hot(y[keep], 9).double(), reduction="sum").div(
+        keep.sum()).backward()
+    assert torch.allclose(ours, z.grad) and (ours[:4] == 0).all()
+    torch.autograd.gradcheck(SigmoidBCE.apply, (z.detach().requires_grad_(), y.clamp_min(0)))
 
 
 def test_sigmoid_loss_at_init_is_log_v_plus_one():
