@@ -133,6 +133,29 @@ class SigmoidBCE(torch.autograd.Function):
         return grad.mul_(g[:, None]), None
 
 
+class SampledCE(torch.autograd.Function):
+    """bayes training loss per token: the cross-entropy of one draw of the logits, s = z + sqrt(v) * eps with
+    eps ~ N(0, 1), for mean logits z (N, V), their variances v (N, V) and targets y (N,). Gradients written out:
+    dL/dz = softmax(s) - onehot(y), and dL/dv = dL/dz * eps / (2 sqrt(v)) with eps = (s - z) / sqrt(v). As
+    one function it keeps only s and sqrt(v) for backward, instead of every intermediate of the formula."""
+
+    @staticmethod
+    def forward(ctx, z, v, y):
+        std = v.clamp_min(1e-20).sqrt_()
+        s = torch.randn_like(z).mul_(std).add_(z)
+        ctx.save_for_backward(z, s, std, y)
+        return torch.logsumexp(s, dim=-1) - s.gather(1, y[:, None]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, s, std, y = ctx.saved_tensors
+        grad_z = torch.softmax(s, dim=-1)
+        grad_z[torch.arange(len(y), device=y.device), y] -= 1
+        grad_z.mul_(g[:, None])
+        grad_v = torch.sub(s, z).div_(std).div_(std).mul_(grad_z).mul_(0.5)
+        return grad_z, grad_v, None
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
@@ -246,9 +269,11 @@ class GPT(nn.Module):
             return (bce * keep).sum() / keep.sum().clamp_min(1)
         if self.config.head == "bayes":
             if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]
-                z = z + self.logit_std(h).float().reshape(-1, V) * torch.randn_like(z)
-            else:  # the loss we report: NLL of the averaged prediction, never with the KL term
-                return F.nll_loss(self.head_log_probs(logits, h).reshape(-1, V), y, ignore_index=-1)
+                keep = y != -1
+                ce = SampledCE.apply(z, self.logit_var(h).float().reshape(-1, V), y.clamp_min(0))
+                return (ce * keep).sum() / keep.sum().clamp_min(1)
+            # the loss we report: NLL of the averaged prediction, never with the KL term
+            return F.nll_loss(self.head_log_probs(logits, h).reshape(-1, V), y, ignore_index=-1)
         return F.cross_entropy(z, y, ignore_index=-1)
 
     def head_log_probs(self, logits, h=None):
@@ -261,12 +286,14 @@ class GPT(nn.Module):
             return self.bayes_predict(logits, h)[0]
         return F.log_softmax(z, dim=-1)
 
-    def logit_std(self, h):
-        """bayes: the std of each logit under q(W). Independent weights: Var(h . w_j) = sum_c h_c^2 sigma_jc^2,
-        one matmul. Drawing logits from N(mean, std^2) is the local reparameterisation trick: the same
+    def logit_var(self, h):
+        """bayes: the variance of each logit under q(W). Independent weights: Var(h . w_j) = sum_c h_c^2
+        sigma_jc^2, one matmul. Drawing logits from N(mean, var) is the local reparameterisation trick: the same
         distribution as drawing W and multiplying, without ever materialising a (V, C) weight sample."""
-        var = h.square() @ F.softplus(self.lm_rho).square().t()
-        return var.clamp_min(1e-20).sqrt()
+        return h.square() @ F.softplus(self.lm_rho).square().t()
+
+    def logit_std(self, h):
+        return self.logit_var(h).clamp_min(1e-20).sqrt()
 
     def bayes_predict(self, logits, h, samples=None):
         """bayes: (log of the mean predictive probability, expected entropy) over `samples` draws. Averaging

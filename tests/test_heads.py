@@ -105,6 +105,28 @@ def test_local_reparameterisation_has_the_moments_of_weight_sampling():
         assert torch.allclose(draws.std(0), std, rtol=0.05)
 
 
+def test_bayes_training_loss_and_gradients_equal_autograd_of_the_formula():
+    m = small("bayes", bayes_init_std=0.5).train()
+    idx, y = torch.randint(11, (2, 16)), torch.randint(11, (2, 16))
+    y[0, :3] = -1
+    grads = []
+    for fused in (True, False):
+        m.zero_grad()
+        torch.manual_seed(3)  # the same noise draws for both
+        if fused:
+            loss = m(idx, y)[1]
+        else:
+            h = m.hidden(idx)
+            z = m.logits(h)
+            s = z + m.logit_std(h) * torch.randn_like(z)
+            loss = F.cross_entropy(s.flatten(0, 1), y.flatten(), ignore_index=-1)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_bayes_with_sigma_to_zero_is_the_softmax_head():
     soft, bayes = small("softmax").eval(), small("bayes").eval()
     bayes.load_state_dict(soft.state_dict() | {"lm_rho": torch.full_like(bayes.lm_rho, -60.0)}, strict=True)
