@@ -34,8 +34,7 @@ import torch
 from tqdm import tqdm
 
 from configurator import UserError, configure, main_guard
-from model import GPT, GPTConfig
-from train import autocast, load_checkpoint, pick_device, pick_dtype
+from train import autocast, build_model, load_checkpoint, pick_device, pick_dtype
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -196,12 +195,7 @@ def run(cfg):
     device = pick_device(cfg.device)
     ctx = autocast(device, pick_dtype(cfg.dtype, device))
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), device)
-    try:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"the checkpoint in {cfg.out_dir} does not fit this code ({type(e).__name__}: "
-                        f"{str(e)[:200]})") from None
+    model = build_model(ckpt, cfg.out_dir)
     model.eval().to(device)
     tcfg = ckpt.get("config", {})
     folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))

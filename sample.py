@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard, show
-from model import GPT, GPTConfig
 from tokenizer import from_spec
-from train import autocast, load_checkpoint, pick_device, pick_dtype
+from train import autocast, build_model, load_checkpoint, pick_device, pick_dtype
 
 
 @dataclass
@@ -63,13 +62,11 @@ def main(argv=None):
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
+    model = build_model(ckpt, cfg.out_dir)
     try:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
         tok = from_spec(ckpt["tokenizer"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"the checkpoint in {cfg.out_dir} does not fit this code ({type(e).__name__}: "
-                        f"{str(e)[:200]})") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the tokenizer in the checkpoint in {cfg.out_dir} is not usable ({e})") from None
     model.eval().to(device)
 
     prompt = cfg.start

@@ -249,12 +249,26 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def build_model(ckpt, where):
+    """The model a checkpoint describes, with its weights, or a clear error if this code cannot hold it."""
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        return model
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint in {where} does not fit this code ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from None
+
+
 def peak_memory_mb(device):
     """Peak memory so far: the GPU's allocated tensors on CUDA, else the process's max RSS (Python and torch
     included, ~300 MB of it before any tensor)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
 
