@@ -9,12 +9,13 @@ Reads data/<dataset>/{train,val}.bin (see prepare_data.py) and writes to out_dir
   tokenizer spec), loadable with torch.load(weights_only=True), written atomically at every evaluation
   (when val loss improved, or always with always_save_checkpoint) and at max_iters.
 - metrics.jsonl: one JSON object a line: every log_interval iterations
-  {iter, loss, lr, ms_per_iter, tokens_per_s, mfu, time_s}, and at every evaluation
+  {iter, loss, lr, ms_per_iter, tokens_per_s, mfu, time_s, peak_mem_mb (, kl)}, and at every evaluation
   {iter, train_loss, val_loss, lr, time_s}.
 - curves.png: train/val loss and learning rate against iterations, drawn at the end.
 
 init_from='resume' continues exactly where the checkpoint left off: same batches, same dropout masks, same
 learning rate, so N iterations + resume + N more equals 2N in one go (on CPU, bit for bit).
+init_from=PATH/ckpt.pt starts a new run from that checkpoint's weights, with any output head (fine_tune_from).
 """
 
 import json
@@ -37,7 +38,7 @@ from model import GPT, GPTConfig
 class TrainConfig:
     # I/O
     out_dir: str = "out"
-    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or a ckpt.pt to fine-tune from
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
     log_interval: int = 10
@@ -91,8 +92,8 @@ def model_config(cfg, vocab_size):
 
 def check(cfg):
     """Refuse settings that cannot work, before any time is spent."""
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UserError(f"init_from must be 'scratch' or 'resume', not {cfg.init_from!r}")
+    if cfg.init_from not in ("scratch", "resume") and not os.path.isfile(cfg.init_from):
+        raise UserError(f"init_from must be 'scratch', 'resume' or a checkpoint file; {cfg.init_from!r} is none")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
                 "log_interval", "n_layer", "n_head", "n_embd"):
         if getattr(cfg, key) < 1:
@@ -249,6 +250,24 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def fine_tune_from(model, src, meta):
+    """Start `model` from another checkpoint's weights: a new run (fresh optimizer, iteration 0), possibly with
+    another head. Weights the two heads share carry over (the tied wte/lm_head matrix is the bayes head's mean);
+    a head's own parameters that the source lacks keep their init (the sigmoid bias at -log(V-1), the bayes
+    sigma at bayes_init_std)."""
+    mine = asdict(model.config)
+    for k, v in src["model_config"].items():
+        if k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias") and mine.get(k) != v:
+            raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={v!r}, this config {mine.get(k)!r}")
+    if src["tokenizer"] != meta["tokenizer"]:
+        raise UserError("cannot fine-tune from that checkpoint: its tokenizer is not this data's tokenizer")
+    own = model.state_dict()
+    missing, _ = model.load_state_dict({k: v for k, v in src["model"].items() if k in own}, strict=False)
+    dropped = sorted(set(src["model"]) - set(own))
+    print(f"fine-tuning from a {src['model_config'].get('head', 'softmax')} checkpoint"
+          + (f"; fresh: {', '.join(missing)}" if missing else "") + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
+
+
 def build_model(ckpt, where):
     """The model a checkpoint describes, with its weights, or a clear error if this code cannot hold it."""
     try:
@@ -341,6 +360,8 @@ def main(argv=None):
                 raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
                                 f"{getattr(mconf, k)!r}")
     model = GPT(mconf).to(device)
+    if cfg.init_from not in ("scratch", "resume"):
+        fine_tune_from(model, load_checkpoint(cfg.init_from, device), meta)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters")
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import train
 from conftest import TINY
+from configurator import UserError
 from model import GPT, GPTConfig, SigmoidBCE
 
 HEADS = ["softmax", "sigmoid", "bayes"]
@@ -189,6 +190,28 @@ def test_every_head_trains_and_samples(head, data_dir, tmp_path):
     steps = [r for r in rows if "loss" in r]
     assert ("kl" in steps[0]) == (head == "bayes")
     sample_main([f"--out_dir={out}", "--max_new_tokens=20", "--num_samples=1", "--device=cpu"])
+
+
+def test_fine_tune_a_softmax_checkpoint_with_another_head(data_dir, tmp_path):
+    def val_losses(out):
+        return [json.loads(line)["val_loss"] for line in open(os.path.join(out, "metrics.jsonl"))
+                if "val_loss" in line]
+
+    common = [*TINY, f"--data_dir={data_dir}", "--eval_iters=5"]
+    base = str(tmp_path / "base")
+    train.main([*common, f"--out_dir={base}", "--max_iters=100", "--lr_decay_iters=100", "--eval_interval=50"])
+    learned = val_losses(base)[-1]
+    assert learned < math.log(65) - 1.0
+    for head in ("sigmoid", "bayes"):
+        out = str(tmp_path / head)
+        train.main([*common, f"--out_dir={out}", f"--head={head}", f"--init_from={base}/ckpt.pt", "--max_iters=0"])
+        start = val_losses(out)[0]
+        if head == "bayes":  # sigma starts at 3e-3: the softmax model, up to a little noise
+            assert abs(start - learned) < 0.02
+        else:  # sigma(z - log(V-1)) ~ exp(z)/(V-1) for the logits the softmax model learned: close to it
+            assert start < learned + 0.3
+    with pytest.raises(UserError, match="n_embd"):
+        train.main([*common, f"--out_dir={tmp_path / 'x'}", f"--init_from={base}/ckpt.pt", "--n_embd=64"])
 
 
 def test_bad_head_settings_are_refused():
