@@ -117,12 +117,9 @@ def one_pass(model, x, y, cfg, ctx, device, temps=None):
             xb, yb = x[i:min(i + cfg.batch_size, hi)].to(device), y[i:min(i + cfg.batch_size, hi)].to(device)
             with ctx:
                 h = model.hidden(xb)
-                z = model.logits(h)
-                if head == "bayes":
-                    logp, expected_entropy = model.bayes_predict(z, h)
-                else:
-                    logp = model.head_log_probs(z, h)
+                logp, entropy, mi = model.predictive(h)
                 if head == "sigmoid" and temps is None:
+                    z = model.logits(h)
                     sums["bce"] += model.head_loss(z, yb, h).item() * yb.numel()
                     sums["sum_sigma"] += torch.sigmoid(z.float()).sum().item()
             logp, yf = logp.float().flatten(0, 1), yb.flatten()
@@ -133,11 +130,9 @@ def one_pass(model, x, y, cfg, ctx, device, temps=None):
                     lp = (logp[None] * inv_t[j:j + 8, None, None]).log_softmax(-1)
                     nll_by_t[fold, j:j + 8] -= lp.gather(-1, yf[None, :, None].expand(len(lp), -1, 1)
                                                          ).sum((1, 2)).cpu().numpy()
-                entropy = -(logp.exp() * logp).sum(-1)
                 sums["entropy"] += entropy.sum().item()
-                if head == "bayes":
-                    sums["expected_entropy"] += expected_entropy.sum().item()
-                    sums["mi"] += (entropy - expected_entropy.flatten()).sum().item()
+                sums["expected_entropy"] += (entropy - mi).sum().item()
+                sums["mi"] += mi.sum().item()
             parts.append({k: v.cpu() for k, v in scores(logp, yf).items()})
             bar.update(len(xb))
     bar.close()

@@ -331,11 +331,9 @@ class GPT(nn.Module):
         h = self.hidden(idx)
         return self.head_log_probs(self.logits(h), h)
 
-    @torch.no_grad()
-    def uncertainty(self, idx):
-        """Per position (B, T): the normalised log-probabilities (B, T, V), the predictive entropy and the
+    def predictive(self, h):
+        """From hidden states h: the normalised log-probabilities (..., V), the predictive entropy and the
         mutual information between the next token and the weights (bayes; zero for the other heads)."""
-        h = self.hidden(idx)
         z = self.logits(h)
         if self.config.head == "bayes":
             logp, expected_entropy = self.bayes_predict(z, h)
@@ -344,6 +342,11 @@ class GPT(nn.Module):
         entropy = -(logp.exp() * logp).sum(-1)
         mi = entropy - expected_entropy if self.config.head == "bayes" else torch.zeros_like(entropy)
         return logp, entropy, mi
+
+    @torch.no_grad()
+    def uncertainty(self, idx):
+        """`predictive` at every position of idx (B, T)."""
+        return self.predictive(self.hidden(idx))
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
