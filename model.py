@@ -20,6 +20,9 @@ Two things here that nanoGPT lacks:
 """
 
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -382,6 +385,92 @@ class GPT(nn.Module):
         """idx (B, T) followed by up to max_new_tokens sampled tokens: (B, T + n). See `stream`."""
         new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, greedy, stop_token, use_cache))
         return torch.cat([idx, *new], dim=1)
+
+    # --- GPT-2 weights in and out (HuggingFace transformers, imported only here) ----------------------------
+    #
+    # The parameter names are GPT-2's, so the conversion is one rule: HuggingFace stores the four projection
+    # matrices as Conv1D weights of shape (in, out), nn.Linear as (out, in); those get transposed, the rest
+    # is copied as is. lm_head is tied to wte in both.
+
+    PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's, on the HuggingFace hub
+    CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_pretrained(cls, name, **overrides):
+        """GPT-2 from the HuggingFace hub ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or from a local folder
+        written by save_pretrained. overrides: settings that leave the weights' shapes alone: dropout, the head
+        (sigmoid and bayes start from the pretrained matrix, their own parameters at their init) and
+        block_size (at most the model's 1,024: the position embeddings are cut to it)."""
+        allowed = {"block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std", "bayes_samples"}
+        if set(overrides) - allowed:
+            raise ValueError(f"from_pretrained can only change {', '.join(sorted(allowed))}, "
+                             f"not {', '.join(sorted(set(overrides) - allowed))}")
+        hf = _load_hf_gpt2(name)
+        c = hf.config
+        block_size = overrides.pop("block_size", c.n_positions)
+        if block_size > c.n_positions:
+            raise ValueError(f"block_size {block_size} is longer than {name}'s {c.n_positions} positions")
+        model = cls(GPTConfig(block_size=block_size, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                              n_embd=c.n_embd, bias=True, **overrides))
+        sd = {k: v.t() if k.endswith(cls.CONV1D) else v for k, v in hf.state_dict().items()
+              if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers of older versions
+        sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size]
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or set(missing) - {"lm_bias", "lm_rho"}:
+            raise ValueError(f"{name} does not fit GPT-2's layout (missing {missing}, unexpected {unexpected})")
+        return model
+
+    def export_hf(self, folder, eos_token_id=None):
+        """Write this model as a HuggingFace GPT2LMHeadModel folder (config.json + model.safetensors), which
+        `transformers.GPT2LMHeadModel.from_pretrained(folder)` and everything built on it can load. Only what
+        GPT-2's architecture can express: the softmax head (bias=False exports as zero biases, which is the
+        same function). The folder must not exist or be empty; it appears complete or not at all."""
+        c = self.config
+        if c.head != "softmax":
+            raise ValueError(f"only the softmax head exists in GPT-2; this model's head is {c.head!r}")
+        if os.path.isdir(folder) and os.listdir(folder) or os.path.isfile(folder):
+            raise ValueError(f"{folder} exists and is not empty: choose a new folder")
+        from transformers import GPT2Config, GPT2LMHeadModel
+        hc = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                        n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+                        tie_word_embeddings=True, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+        hf = GPT2LMHeadModel(hc)
+        ours = self.state_dict()
+        sd = {k: (ours[k].t() if k.endswith(self.CONV1D) else ours[k]) if k in ours else torch.zeros_like(v)
+              for k, v in hf.state_dict().items()}  # absent keys: biases of a bias=False model
+        hf.load_state_dict({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, strict=True)
+        tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(folder)))
+        try:
+            hf.save_pretrained(tmp, safe_serialization=True)
+            if os.path.isdir(folder):
+                os.rmdir(folder)  # empty (checked above)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_hf_gpt2(name):
+    """transformers' GPT2LMHeadModel for a hub name or local folder, checked to be a plain GPT-2."""
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise ImportError("GPT-2 weights need the transformers package: pip install transformers") from None
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(name)
+    except OSError as e:  # what transformers raises for "not found", offline included
+        raise OSError(f"could not load GPT-2 weights {name!r}: {str(e).splitlines()[0][:300]}. Offline? Download "
+                      f"once with internet (it is cached in ~/.cache/huggingface), then set HF_HUB_OFFLINE=1; "
+                      f"or pass a local folder written by save_pretrained") from None
+    c = hf.config
+    plain = (c.activation_function in ("gelu_new", "gelu_pytorch_tanh") and c.n_inner in (None, 4 * c.n_embd)
+             and c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx and c.layer_norm_epsilon == 1e-5
+             and c.tie_word_embeddings)
+    if not plain:
+        raise ValueError(f"{name} is a GPT-2 variant this model does not implement (activation "
+                         f"{c.activation_function}, n_inner {c.n_inner}, layer_norm_epsilon {c.layer_norm_epsilon}, tied output "
+                         f"weights {c.tie_word_embeddings})")
+    return hf.float()
 
 
 def filter_log_probs(logp, top_k=None, top_p=None):

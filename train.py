@@ -1,8 +1,9 @@
 """
-Train a GPT: one loop for a laptop CPU or one GPU.
+Train a GPT: one loop for a laptop CPU, one GPU, or many GPUs (or CPU processes) with torchrun.
 
     python train.py config/shakespeare_char.py
     python train.py config/shakespeare_char.py --max_iters=4000 --init_from=resume
+    torchrun --standalone --nproc_per_node=8 train.py config/owt_gpt2.py
 
 Reads data/<dataset>/{train,val}.bin (see prepare_data.py) and writes to out_dir:
 - ckpt.pt: everything needed to continue or to sample (model, optimizer, configs, iteration, RNG states,
@@ -15,7 +16,13 @@ Reads data/<dataset>/{train,val}.bin (see prepare_data.py) and writes to out_dir
 
 init_from='resume' continues exactly where the checkpoint left off: same batches, same dropout masks, same
 learning rate, so N iterations + resume + N more equals 2N in one go (on CPU, bit for bit).
-init_from=PATH/ckpt.pt starts a new run from that checkpoint's weights, with any output head (fine_tune_from).
+init_from=PATH/ckpt.pt starts a new run from that checkpoint's weights, with any output head (fine_tune_from);
+init_from='gpt2' (or gpt2-medium/-large/-xl, or a HuggingFace GPT-2 folder) from OpenAI's GPT-2 weights.
+
+Under torchrun (which sets RANK, WORLD_SIZE, LOCAL_RANK) every process holds a copy of the model (DDP), runs
+gradient_accumulation_steps / WORLD_SIZE micro-steps on its own part of each step's batch, and the gradients
+are averaged across processes before the optimizer step: the same update, on the same tokens, as one process
+running all the micro-steps (tests/test_ddp.py checks that). Only rank 0 evaluates, logs and saves.
 """
 
 import json
@@ -28,7 +35,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure, main_guard, show
 from model import GPT, GPTConfig
@@ -38,7 +47,7 @@ from model import GPT, GPTConfig
 class TrainConfig:
     # I/O
     out_dir: str = "out"
-    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or a ckpt.pt to fine-tune from
+    init_from: str = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), a ckpt.pt to fine-tune, or 'gpt2'...
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
     log_interval: int = 10
@@ -48,7 +57,7 @@ class TrainConfig:
     data_dir: str = "data"
     batch_size: int = 12  # sequences per micro-step
     block_size: int = 1024  # tokens per sequence (the context length)
-    gradient_accumulation_steps: int = 40  # micro-steps per optimizer step
+    gradient_accumulation_steps: int = 40  # micro-steps per optimizer step, across all processes (DDP)
     # model
     n_layer: int = 12
     n_head: int = 12
@@ -92,8 +101,9 @@ def model_config(cfg, vocab_size):
 
 def check(cfg):
     """Refuse settings that cannot work, before any time is spent."""
-    if cfg.init_from not in ("scratch", "resume") and not os.path.isfile(cfg.init_from):
-        raise UserError(f"init_from must be 'scratch', 'resume' or a checkpoint file; {cfg.init_from!r} is none")
+    if not (cfg.init_from in ("scratch", "resume", *GPT.PRETRAINED) or os.path.exists(cfg.init_from)):
+        raise UserError(f"init_from must be 'scratch', 'resume', a ckpt.pt file, {', '.join(GPT.PRETRAINED)} or a "
+                        f"HuggingFace GPT-2 folder; {cfg.init_from!r} is none of these")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
                 "log_interval", "n_layer", "n_head", "n_embd"):
         if getattr(cfg, key) < 1:
@@ -158,9 +168,8 @@ def load_data(cfg):
     return meta, splits
 
 
-def get_batch(data, cfg, gen, device):
-    """batch_size random windows: x = tokens [i, i+T), y = the next tokens [i+1, i+T+1)."""
-    ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size,), generator=gen).tolist()
+def get_batch(data, cfg, ix, device):
+    """The windows starting at ix: x = tokens [i, i+T), y = the next tokens [i+1, i+T+1)."""
     x = torch.from_numpy(np.stack([data[i:i + cfg.block_size] for i in ix]).astype(np.int64))
     y = torch.from_numpy(np.stack([data[i + 1:i + 1 + cfg.block_size] for i in ix]).astype(np.int64))
     if device.startswith("cuda"):  # pinned memory lets the copy to the GPU run asynchronously
@@ -302,7 +311,8 @@ def estimate_loss(model, splits, cfg, device, ctx):
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         losses = []
         for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg, gen, device)
+            ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size,), generator=gen).tolist()
+            x, y = get_batch(data, cfg, ix, device)
             with ctx:
                 logp = model.log_probs(x)
             losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten()).item())
@@ -336,14 +346,68 @@ def plot_curves(metrics_path, png_path):
 
 # --- the training loop ------------------------------------------------------------------------------------
 
+def setup_ddp(cfg):
+    """(rank, world_size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them, one process.
+    GPUs talk over nccl, CPU processes over gloo. The micro-steps are split between the processes, so
+    tokens per optimizer step stay what the config says."""
+    device = pick_device(cfg.device)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if cfg.gradient_accumulation_steps % world:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of "
+                        f"the number of processes ({world}): each runs an equal share of the micro-steps")
+    if device.startswith("cuda"):
+        device = f"cuda:{local}"  # one GPU per process, whatever the config named
+        torch.cuda.set_device(device)
+    elif device != "cpu":
+        raise UserError(f"torchrun needs device cuda or cpu, not {device}")
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
+def from_gpt2(cfg, mconf, meta):
+    """A model holding OpenAI's GPT-2 weights (init_from='gpt2', ... or a HuggingFace folder), with the config's
+    head, dropout and block_size. The config must state the pretrained shape (n_layer, n_head, n_embd): that is
+    what resuming this run is checked against, so the config file says what model it trains."""
+    kw = {k: getattr(mconf, k) for k in ("block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std",
+                                         "bayes_samples")}
+    try:
+        model = GPT.from_pretrained(cfg.init_from, **kw)
+    except (ImportError, OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    diff = [k for k, v in asdict(model.config).items() if getattr(mconf, k) != v]
+    if diff:
+        raise UserError(f"init_from={cfg.init_from} has " + ", ".join(f"{k}={getattr(model.config, k)!r}" for k in diff)
+                        + "; the config says " + ", ".join(f"{k}={getattr(mconf, k)!r}" for k in diff)
+                        + (": set the same in the config" if "vocab_size" not in diff else
+                           " (vocab_size is the data's: prepare it with --tokenizer gpt2)"))
+    tok = meta["tokenizer"]
+    if cfg.init_from in GPT.PRETRAINED and (tok.get("kind"), tok.get("name")) != ("tiktoken", "gpt2"):
+        raise UserError(f"{cfg.init_from} reads GPT-2's tokens; this data has a {tok.get('kind')} tokenizer: "
+                        f"prepare it with --tokenizer gpt2")
+    print(f"starting from {cfg.init_from}'s weights")
+    return model
+
+
 def main(argv=None):
     t0 = time.time()
     cfg = configure(TrainConfig, argv)
     check(cfg)
-    device = pick_device(cfg.device)
+    rank, world, device = setup_ddp(cfg)
+    try:
+        train(cfg, rank, world, device, t0)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()  # also on errors: no process left waiting on the others
+
+
+def train(cfg, rank, world, device, t0):
+    master = rank == 0  # rank 0 alone prints, evaluates and writes files
+    say = print if master else (lambda *a, **k: None)
     dtype = pick_dtype(cfg.dtype, device)
-    print(show(cfg))
-    torch.manual_seed(cfg.seed)
+    say(show(cfg))
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical init (DDP also copies rank 0's weights)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls: ~8x faster than fp32 on Ampere+
         torch.backends.cudnn.allow_tf32 = True
@@ -359,54 +423,77 @@ def main(argv=None):
             if getattr(mconf, k) != v:
                 raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
                                 f"{getattr(mconf, k)!r}")
-    model = GPT(mconf).to(device)
-    if cfg.init_from not in ("scratch", "resume"):
+    if cfg.init_from in GPT.PRETRAINED or os.path.isdir(cfg.init_from):
+        model = from_gpt2(cfg, mconf, meta).to(device)
+    else:
+        model = GPT(mconf).to(device)
+    if os.path.isfile(cfg.init_from):
         fine_tune_from(model, load_checkpoint(cfg.init_from, device), meta)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters")
+    say(f"model: {model.num_params() / 1e6:.2f}M parameters")
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    gen = torch.Generator().manual_seed(cfg.seed)  # the training batch stream, saved for exact resume
+    # The batch stream: one generator, seeded alike on every rank, draws the window starts of a whole step
+    # (all ranks' micro-steps); each rank takes its own rows. Ranks see different data, together exactly what
+    # one process would, and the state to save for an exact resume is one generator's, whatever world is.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if rank:
+        torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks (rank 0's = one process's)
     iter_num, best_val_loss, elapsed = 0, float("inf"), 0.0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, elapsed = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
-        gen.set_state(ckpt["rng"]["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # dropout masks continue where they left off
-        if device.startswith("cuda") and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+        rng = ckpt["rng"]
+        gen.set_state(rng["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
+        # dropout masks continue where they left off: each rank's own RNG, if the checkpoint has this many
+        torch_states = rng["torch"] if isinstance(rng["torch"], list) else [rng["torch"]]
+        cuda_states = rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]
+        if len(torch_states) == world:
+            torch.set_rng_state(torch_states[rank].cpu())
+            if device.startswith("cuda") and cuda_states[rank] is not None:
+                torch.cuda.set_rng_state(cuda_states[rank].cpu(), device)
+        elif cfg.dropout > 0:
+            say(f"note: the checkpoint was written by {len(torch_states)} processes, this run has {world}: "
+                f"batches continue exactly, dropout masks from fresh seeds")
         # forget the log of anything the interrupted run did after this checkpoint (its evaluation stays)
-        if os.path.exists(metrics_path):
+        if master and os.path.exists(metrics_path):
             rows = [(line, json.loads(line)) for line in open(metrics_path)]
             keep = [line for line, r in rows
                     if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
             with open(metrics_path, "w") as f:
                 f.writelines(keep)
-        print(f"resuming from {ckpt_path} at iter {iter_num}")
+        say(f"resuming from {ckpt_path} at iter {iter_num}")
         del ckpt
-    elif os.path.exists(metrics_path):
+    elif master and os.path.exists(metrics_path):
         os.remove(metrics_path)
     raw_model = model
     if cfg.compile:
-        print("compiling the model (about a minute)...")
+        say("compiling the model (about a minute)...")
         model = torch.compile(model)
+    eval_model = model  # rank 0 evaluates alone: not through DDP, whose forward may talk to the other ranks
+    if world > 1:
+        model = DDP(model, device_ids=[device] if device.startswith("cuda") else None)
 
+    gas = cfg.gradient_accumulation_steps // world  # this rank's micro-steps per optimizer step
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    print(f"tokens per iteration: {cfg.batch_size} batch * {cfg.block_size} block * "
-          f"{cfg.gradient_accumulation_steps} accum = {tokens_per_iter:,}")
+    say(f"tokens per iteration: {cfg.batch_size} batch * {cfg.block_size} block * "
+        f"{cfg.gradient_accumulation_steps} accum = {tokens_per_iter:,}"
+        + (f" ({world} processes x {gas} micro-steps)" if world > 1 else ""))
     peak = peak_flops(device, dtype)
-    flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter
-    log = open(metrics_path, "a")
+    flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter / world  # per process
+    log = open(metrics_path, "a") if master else None
     start = t0 - elapsed  # time_s counts from the start of the run, across resumes
     resumed_at = iter_num if cfg.init_from == "resume" else -1
     step_time, step_count, loss_sum = 0.0, 0, torch.zeros((), device=device)
 
     def write(record):
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        if master:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
 
     while True:
         lr = get_lr(iter_num, cfg)
@@ -414,35 +501,48 @@ def main(argv=None):
             group["lr"] = lr
 
         if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at:
-            losses = estimate_loss(model, splits, cfg, device, ctx)
-            t = time.time() - start
-            print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
-            write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
-                   "time_s": t})
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
-            if improved or cfg.always_save_checkpoint:
-                save_checkpoint(ckpt_path, {
-                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "model_config": asdict(mconf), "config": asdict(cfg),
-                    "iter_num": iter_num, "best_val_loss": best_val_loss, "elapsed": time.time() - start,
-                    "rng": {"torch": torch.get_rng_state(), "batch": gen.get_state(),
-                            "cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None},
-                    "tokenizer": meta["tokenizer"], "version": 1})
+            # every rank's dropout RNG goes into the checkpoint (a collective: all ranks take part)
+            states = [(torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)]
+            if world > 1:
+                states = [None] * world
+                dist.all_gather_object(states, (torch.get_rng_state(), torch.cuda.get_rng_state(device)
+                                                if device.startswith("cuda") else None))
+            if master:
+                losses = estimate_loss(eval_model, splits, cfg, device, ctx)
+                t = time.time() - start
+                say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
+                write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                       "time_s": t})
+                improved = losses["val"] < best_val_loss
+                best_val_loss = min(best_val_loss, losses["val"])
+                if improved or cfg.always_save_checkpoint:
+                    save_checkpoint(ckpt_path, {
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "model_config": asdict(raw_model.config),
+                        "config": asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
+                        "elapsed": time.time() - start,
+                        "rng": {"batch": gen.get_state(), "torch": [s[0].cpu() for s in states],
+                                "cuda": [None if s[1] is None else s[1].cpu() for s in states]},
+                        "tokenizer": meta["tokenizer"], "version": 1})
         if iter_num >= cfg.max_iters:
             break
 
         t_step = time.time()
-        for micro in range(cfg.gradient_accumulation_steps):
-            x, y = get_batch(splits["train"], cfg, gen, device)
-            with ctx:
-                _, loss = model(x, y)
-                loss = loss / cfg.gradient_accumulation_steps  # the sum over micro-steps is the batch mean
-            loss_sum += loss.detach()
-            if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
-                kl = raw_model.kl() * cfg.bayes_kl_weight / meta["train_tokens"]
-                loss = loss + kl
-            scaler.scale(loss).backward()
+        # window starts for every micro-step of every rank; this rank's are rows rank*gas .. rank*gas+gas-1
+        starts = torch.randint(len(splits["train"]) - cfg.block_size, (world * gas, cfg.batch_size), generator=gen)
+        for micro in range(gas):
+            x, y = get_batch(splits["train"], cfg, starts[rank * gas + micro].tolist(), device)
+            # DDP averages gradients across ranks during backward; only the last micro-step needs it
+            sync = nullcontext() if world == 1 or micro == gas - 1 else model.no_sync()
+            with sync:
+                with ctx:
+                    _, loss = model(x, y)
+                    loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
+                loss_sum += loss.detach()
+                if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
+                    kl = raw_model.kl() * cfg.bayes_kl_weight / meta["train_tokens"]
+                    loss = loss + kl
+                scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -451,13 +551,16 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until the next backward
 
         if iter_num % cfg.log_interval == 0:
+            if world > 1:  # the loss of the whole step, not just rank 0's share
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
             loss_value = loss_sum.item()  # .item() waits for the GPU: only once per log line
             step_time += time.time() - t_step
             step_count += 1
             dt = step_time / step_count
             mfu = flops_per_iter / dt / peak if peak else None
-            print(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
-                  f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
+            say(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
+                f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
             write({"iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                    "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start,
                    "peak_mem_mb": peak_memory_mb(device)}
@@ -469,9 +572,10 @@ def main(argv=None):
         loss_sum.zero_()
         iter_num += 1
 
-    log.close()
-    plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
-    print(f"done: best val loss {best_val_loss:.4f}, {time.time() - start:.0f} s; checkpoint in {ckpt_path}")
+    if master:
+        log.close()
+        plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+        say(f"done: best val loss {best_val_loss:.4f}, {time.time() - start:.0f} s; checkpoint in {ckpt_path}")
 
 
 if __name__ == "__main__":
