@@ -495,3 +495,35 @@ def sample_next(logp, temperature=1.0, top_k=None, top_p=None, greedy=False):
         return logp.argmax(dim=-1, keepdim=True)
     logp = filter_log_probs(logp / temperature, top_k, top_p)  # T<1 sharpens, T>1 flattens
     return torch.multinomial(logp.exp(), num_samples=1)
+
+
+def main(argv=None):
+    """python model.py export OUT_DIR FOLDER: a checkpoint as a HuggingFace GPT-2 folder (see GPT.export_hf)."""
+    import argparse
+
+    from configurator import UserError
+    from tokenizer import from_spec
+    from train import build_model, load_checkpoint
+    p = argparse.ArgumentParser(description="Export a softmax-head checkpoint as a HuggingFace GPT-2 model folder "
+                                "(config.json + model.safetensors) for transformers.")
+    p.add_argument("command", choices=["export"])
+    p.add_argument("out_dir", help="the run's folder holding ckpt.pt, or a ckpt.pt file")
+    p.add_argument("folder", help="where the model goes: a new or empty folder")
+    args = p.parse_args(argv)
+    path = args.out_dir if os.path.isfile(args.out_dir) else os.path.join(args.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt, args.out_dir)
+    try:
+        eot = from_spec(ckpt["tokenizer"]).eot_token  # generation in transformers stops there
+    except (OSError, ValueError, TypeError):
+        eot = None
+    try:
+        model.export_hf(args.folder, eos_token_id=eot)
+    except (ImportError, ValueError, OSError) as e:
+        raise UserError(f"cannot export: {e}") from None
+    print(f"wrote {args.folder}: load it with transformers.GPT2LMHeadModel.from_pretrained({args.folder!r})")
+
+
+if __name__ == "__main__":
+    from configurator import main_guard
+    main_guard(main)

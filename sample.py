@@ -6,6 +6,7 @@ Generate text from a trained checkpoint, streaming each token as it is produced.
     python sample.py --start "ROMEO:" --num_samples 3 --max_new_tokens 200
     python sample.py --start FILE:prompt.txt --greedy
     python sample.py --out_dir out-bayes --show_uncertainty   # per token: probability, entropy (+ MI for bayes)
+    python sample.py --init_from=gpt2 --start "The meaning of life is"   # OpenAI's GPT-2 (needs transformers)
 
 Sampling knobs, applied in this order to the model's next-token distribution p:
 - temperature T: p_i ∝ p_i^(1/T); below 1 sharpens toward the likeliest tokens, above 1 flattens.
@@ -17,6 +18,7 @@ normalised distribution (model.log_probs): softmax; sigmoid's sigma_j / sum sigm
 bayes_samples weight draws.
 """
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard, show
+from model import GPT
 from tokenizer import from_spec
 from train import autocast, build_model, load_checkpoint, pick_device, pick_dtype
 
@@ -31,6 +34,7 @@ from train import autocast, build_model, load_checkpoint, pick_device, pick_dtyp
 @dataclass
 class SampleConfig:
     out_dir: str = "out-shakespeare-char"  # where train.py wrote ckpt.pt
+    init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt), or GPT-2: gpt2, gpt2-medium/-large/-xl, a HF folder
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 2
     max_new_tokens: int = 500
@@ -55,18 +59,36 @@ def check(cfg):
         raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
 
 
+def load_model(cfg, device):
+    """(model, tokenizer spec): from out_dir/ckpt.pt, or GPT-2's weights with GPT-2's tokenizer."""
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
+        return build_model(ckpt, cfg.out_dir), ckpt["tokenizer"]
+    if not (cfg.init_from in GPT.PRETRAINED or os.path.isdir(cfg.init_from)):
+        raise UserError(f"init_from must be 'resume', {', '.join(GPT.PRETRAINED)} or a HuggingFace GPT-2 folder, "
+                        f"not {cfg.init_from!r}")
+    try:
+        model = GPT.from_pretrained(cfg.init_from)
+    except (ImportError, OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if model.config.vocab_size != 50257:
+        raise UserError(f"{cfg.init_from} has {model.config.vocab_size} tokens, not GPT-2's 50,257, and no "
+                        f"tokenizer comes with it; for a model trained here use its checkpoint (--out_dir)")
+    return model, {"kind": "tiktoken", "name": "gpt2", "special_tokens": []}
+
+
 def main(argv=None):
     cfg = configure(SampleConfig, argv)
     check(cfg)
     print(show(cfg), file=sys.stderr)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
-    model = build_model(ckpt, cfg.out_dir)
+    model, spec = load_model(cfg, device)
     try:
-        tok = from_spec(ckpt["tokenizer"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"the tokenizer in the checkpoint in {cfg.out_dir} is not usable ({e})") from None
+        tok = from_spec(spec)
+    except (TypeError, ValueError, OSError) as e:
+        raise UserError(f"the tokenizer of {cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from} is not "
+                        f"usable ({e})") from None
     model.eval().to(device)
 
     prompt = cfg.start
