@@ -6,14 +6,19 @@ Turn text into the token files that train.py reads.
     python prepare_data.py shakespeare                           # the same text in GPT-2 BPE tokens
     python prepare_data.py shakespeare --tokenizer bpe --vocab_size 4096   # a BPE trained here, on train only
     python prepare_data.py text --input my_corpus/ --name mine --tokenizer char
+    python prepare_data.py openwebtext --num_proc 8                   # 8M web pages, GPT-2 tokens (~9B)
+    python prepare_data.py hf --dataset roneneldan/TinyStories --val_split validation --name tinystories
+    python prepare_data.py hf --dataset json --data_files docs.jsonl --text_field body --name mine
 
 writes data/<name>/train.bin, val.bin and meta.json:
 - train.bin / val.bin: every token id in order, as a flat array of uint16 (uint32 when the vocabulary has
   more than 65,536 ids), so train.py can np.memmap them and slice windows without loading anything.
 - meta.json: vocab_size, dtype, token counts, the source, and the tokenizer spec (JSON, never pickle).
 - tokenizer.json, with --tokenizer bpe: the trained tokenizer (also inside meta.json), for `tokenizer.py encode`.
-The first 90% of the text is the training split, the last 10% the validation split. A BPE tokenizer is trained
-on the training split only: validation text stays text the whole pipeline has never seen.
+For text and Shakespeare, the first 90% of the text is the training split, the last 10% the validation split;
+a HuggingFace dataset keeps its own validation split (--val_split) or gives a random --val_fraction of its
+documents to it. A BPE tokenizer is trained on the training split only: validation text stays text the whole
+pipeline has never seen.
 
 Every file is written to a temporary name and renamed into place when complete, meta.json last: an
 interrupted run leaves the previous files, never a half-written one.
@@ -22,6 +27,7 @@ interrupted run leaves the previous files, never a half-written one.
 import argparse
 import json
 import os
+import re
 import sys
 import urllib.request
 
@@ -113,8 +119,16 @@ def prepare(name, texts, tok, source, out_root="data"):
     encode = tok.to_tiktoken().encode if bpe else tok.encode  # the same ids (tests/test_bpe.py), many times faster
     tmp_train, n_train = write_tokens(os.path.join(out, "train.bin"), train, encode, tok.eot_token, dtype)
     tmp_val, n_val = write_tokens(os.path.join(out, "val.bin"), val, encode, tok.eot_token, dtype)
+    return finish(out, tok, dtype, (tmp_train, n_train), (tmp_val, n_val), {"source": source})
+
+
+def finish(out, tok, dtype, train, val, extra):
+    """Write meta.json and move the finished temp files into place, meta.json last. train, val: (temp, tokens)."""
+    (tmp_train, n_train), (tmp_val, n_val) = train, val
+    if n_train == 0 or n_val == 0:
+        raise SystemExit(f"error: the {'training' if n_train == 0 else 'validation'} split has no tokens")
     meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
-            "val_tokens": n_val, "source": source, "tokenizer": tok.to_spec()}
+            "val_tokens": n_val, **extra, "tokenizer": tok.to_spec()}
     with open(os.path.join(out, "meta.json.tmp"), "w") as f:  # one key per line; the tokenizer spec on one line
         f.write(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1)[:-2] +
                 f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
@@ -124,25 +138,141 @@ def prepare(name, texts, tok, source, out_root="data"):
     # is caught as a mismatch instead of silently training on mixed data
     os.replace(tmp_train, os.path.join(out, "train.bin"))
     os.replace(tmp_val, os.path.join(out, "val.bin"))
-    if bpe:  # a copy for `tokenizer.py encode`; meta.json holds the same and is what training reads
+    if isinstance(tok, BPETokenizer):  # a copy for `tokenizer.py encode`; meta.json holds the same, training reads that
         tok.save(os.path.join(out, "tokenizer.json"))
     os.replace(os.path.join(out, "meta.json.tmp"), os.path.join(out, "meta.json"))
     return meta
 
 
+# --- HuggingFace datasets: OpenWebText, any dataset on the hub, local Parquet/JSON/CSV/text files ------------
+
+OPENWEBTEXT = "Skylion007/openwebtext"
+OPENWEBTEXT_DOCS = 8_013_769
+LOCAL_BUILDERS = ("parquet", "json", "csv", "text", "arrow")  # `datasets`' names for reading local files
+
+
+def load_hf(dataset, config=None, split="train", data_files=None, num_proc=None):
+    """One split of a dataset through the `datasets` library. Datasets that still ship a loading script (which
+    datasets >= 4 refuses to run) are read from the hub's Parquet conversion of them instead."""
+    from datasets import load_dataset
+    kw = {"sample_by": "document"} if dataset == "text" else {}  # a whole file is one document, not each line
+    try:
+        try:
+            return load_dataset(dataset, config, split=split, data_files=data_files, num_proc=num_proc, **kw)
+        except RuntimeError as e:
+            if "scripts are no longer supported" not in str(e):
+                raise
+            print(f"{dataset} has a loading script; reading the hub's Parquet conversion (refs/convert/parquet)")
+            return load_dataset(dataset, config, split=split, revision="refs/convert/parquet", num_proc=num_proc)
+    except Exception as e:  # datasets raises many kinds; all mean "not loaded", none is a bug of ours
+        hint = ("; if this machine is offline: run this once with internet, then set HF_DATASETS_OFFLINE=1 and "
+                "HF_HUB_OFFLINE=1 to read the copy in the HuggingFace cache (HF_HOME, default "
+                "~/.cache/huggingface), or give local files (--dataset parquet --data_files 'dir/*.parquet')"
+                if isinstance(e, OSError) or "connect" in str(e).lower() or "offline" in str(e).lower() else "")
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise SystemExit(f"error: could not load the dataset {dataset!r} ({type(e).__name__}: {msg}){hint}")
+
+
+def hf_splits(args):
+    """(train, val) datasets for `openwebtext` or `hf`, each with the column args.text_field."""
+    name = OPENWEBTEXT if args.dataset == "openwebtext" else args.hf_dataset
+    ds = load_hf(name, args.config, args.split, args.data_files, args.num_proc)
+    if args.dataset == "openwebtext" and len(ds) != OPENWEBTEXT_DOCS:
+        print(f"warning: OpenWebText has {OPENWEBTEXT_DOCS:,} documents, this copy {len(ds):,} (a partial "
+              f"Parquet export?)")
+    if args.text_field not in ds.column_names:
+        raise SystemExit(f"error: the dataset has no column {args.text_field!r}; its columns are "
+                         f"{', '.join(ds.column_names)}: choose one with --text_field")
+    if args.val_split:
+        val = load_hf(name, args.config, args.val_split, args.data_files, args.num_proc)
+        return ds, val
+    if len(ds) < 2:
+        raise SystemExit("error: the dataset has fewer than 2 documents: nothing to hold out for validation")
+    n_val = min(len(ds) - 1, max(1, round(args.val_fraction * len(ds))))
+    parts = ds.train_test_split(test_size=n_val, seed=2357, shuffle=True)  # fixed seed: the same split every time
+    return parts["train"], parts["test"]
+
+
+def prepare_hf(name, train, val, tok, text_field, source, out_root="data", num_proc=None):
+    """Tokenize two HuggingFace datasets with num_proc workers and write data/<name>/ like `prepare` does.
+    Every document ends with the end-of-text token (a newline for tokenizers without one). The token files are
+    filled batch by batch through a memmap: the corpus is never in memory at once."""
+    out = os.path.join(out_root, name)
+    os.makedirs(out, exist_ok=True)
+    if callable(tok):  # trains on the training split only, streamed
+        tok = tok(t for batch in train.select_columns([text_field]).iter(batch_size=1000) for t in batch[text_field])
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    encode = tok.to_tiktoken().encode if isinstance(tok, BPETokenizer) else tok.encode
+    end = [tok.eot_token] if tok.eot_token is not None else tok.encode("\n")
+
+    def tokenize(batch):
+        ids = [encode(t, disallowed_special=()) + end for t in batch[text_field]]
+        return {"ids": ids, "len": [len(x) for x in ids]}
+
+    done = {}
+    for split, ds in (("train", train), ("val", val)):
+        workers = min(num_proc or 1, max(1, len(ds) // 1000))  # at least 1,000 documents a process
+        ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=workers if workers > 1 else None,
+                    desc=f"tokenizing {split}")
+        done[split] = write_ids(os.path.join(out, f"{split}.bin"), ds, dtype)
+    extra = {"source": source, "train_documents": len(train), "val_documents": len(val)}
+    return finish(out, tok, dtype, done["train"], done["val"], extra)
+
+
+def write_ids(path, ds, dtype, batch_size=4096):
+    """The tokenized dataset's 'ids', concatenated, into path.tmp; returns (temp path, number of tokens)."""
+    n = int(sum(ds["len"]))
+    tmp = path + ".tmp"
+    if n == 0:
+        open(tmp, "wb").close()
+        return tmp, 0
+    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n,))
+    i = 0
+    batches = ds.select_columns(["ids"]).with_format("numpy").iter(batch_size=batch_size)
+    for batch in tqdm(batches, total=-(-len(ds) // batch_size), desc=f"writing {os.path.basename(path)}"):
+        ids = np.concatenate(batch["ids"])
+        arr[i:i + len(ids)] = ids
+        i += len(ids)
+    arr.flush()
+    del arr
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    return tmp, n
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=[*DATASETS, "text"], help="a known dataset, or 'text' for --input")
+    p.add_argument("dataset", choices=[*DATASETS, "text", "openwebtext", "hf"],
+                   help="a known dataset, 'text' for --input, or 'hf' for any HuggingFace dataset (--dataset)")
     p.add_argument("--input", help="local file or folder of UTF-8 text (instead of downloading)")
     p.add_argument("--name", help="output folder under data/ (default: the dataset name, plus _TOKENIZER when "
                    "that is not the dataset's usual one: shakespeare_bpe)")
     p.add_argument("--tokenizer", choices=["char", "bpe", *TIKTOKEN_NAMES], help="default: char for "
-                   "shakespeare_char and text, gpt2 for shakespeare; bpe trains one here (needs --vocab_size)")
+                   "shakespeare_char and text, gpt2 otherwise; bpe trains one here (needs --vocab_size)")
     p.add_argument("--vocab_size", type=int, help="for --tokenizer bpe: 256 bytes + merges + <|endoftext|>")
     p.add_argument("--out_root", default="data", help="where data/<name>/ goes")
+    hf = p.add_argument_group("HuggingFace datasets (openwebtext, hf)")
+    hf.add_argument("--dataset", dest="hf_dataset", help="hf: a hub name (roneneldan/TinyStories), a local "
+                    "folder, or a file format with --data_files: parquet, json, csv, text")
+    hf.add_argument("--config", help="the dataset's configuration (subset), if it has several")
+    hf.add_argument("--split", default="train", help="the split to train on (default train)")
+    hf.add_argument("--val_split", help="the dataset's own validation split; without it --val_fraction of the "
+                    "documents is held out at random (seed 2357)")
+    hf.add_argument("--val_fraction", type=float, default=0.0005, help="default 0.0005, as GPT-2 reproductions use")
+    hf.add_argument("--text_field", default="text", help="the column holding the text (default text)")
+    hf.add_argument("--data_files", nargs="+", help="local files or globs, for --dataset parquet/json/csv/text")
+    hf.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1), help="tokenizing processes")
     args = p.parse_args(argv)
 
+    kind = args.tokenizer or ("char" if args.dataset in ("shakespeare_char", "text") else "gpt2")
+    if (kind == "bpe") != (args.vocab_size is not None):
+        raise SystemExit("error: --vocab_size goes with --tokenizer bpe, and --tokenizer bpe needs it")
+    if kind == "bpe" and args.vocab_size < 257:
+        raise SystemExit(f"error: --vocab_size {args.vocab_size} is too small: 256 byte tokens + <|endoftext|> "
+                         f"come first")
+    if args.dataset in ("openwebtext", "hf"):
+        return main_hf(args, kind)
     if args.dataset == "text":
         if not args.input or not args.name:
             p.error("text needs --input FILE_OR_FOLDER and --name NAME")
@@ -153,12 +283,6 @@ def main(argv=None):
     source = os.path.abspath(args.input) if args.input else url
     if sum(len(t) for t in texts) == 0:
         raise SystemExit("error: the input text is empty")
-    kind = args.tokenizer or default_tok
-    if (kind == "bpe") != (args.vocab_size is not None):
-        raise SystemExit("error: --vocab_size goes with --tokenizer bpe, and --tokenizer bpe needs it")
-    if kind == "bpe" and args.vocab_size < 257:
-        raise SystemExit(f"error: --vocab_size {args.vocab_size} is too small: 256 byte tokens + <|endoftext|> "
-                         f"come first")
     name = args.name or (args.dataset if kind == default_tok else f"{args.dataset}_{kind}")
     try:
         if kind == "char":
@@ -169,9 +293,45 @@ def main(argv=None):
             tok = TiktokenTokenizer(kind)
     except OSError as e:
         raise SystemExit(f"error: {e}")
-    meta = prepare(name, texts, tok, source, args.out_root)
-    out = os.path.join(args.out_root, name)
-    print(f"{out}: vocab_size {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+    report(prepare(name, texts, tok, source, args.out_root), args.out_root, name)
+
+
+def main_hf(args, kind):
+    if args.dataset == "hf" and not args.hf_dataset:
+        raise SystemExit("error: hf needs --dataset NAME (a hub dataset, a local folder, or parquet/json/csv/text "
+                         "with --data_files)")
+    if args.data_files and args.hf_dataset not in LOCAL_BUILDERS:
+        raise SystemExit(f"error: --data_files goes with --dataset {'/'.join(LOCAL_BUILDERS)}")
+    if args.hf_dataset in LOCAL_BUILDERS and not (args.data_files and args.name):
+        raise SystemExit(f"error: --dataset {args.hf_dataset} reads local files: give --data_files and --name")
+    if not 0 < args.val_fraction < 1 or args.num_proc < 1:
+        raise SystemExit("error: --val_fraction must be in (0, 1) and --num_proc >= 1")
+    base = "openwebtext" if args.dataset == "openwebtext" else re.sub(
+        r"[^\w.-]", "_", args.hf_dataset.rstrip("/").split("/")[-1] + (f"_{args.config}" if args.config else ""))
+    name = args.name or (base if kind == "gpt2" else f"{base}_{kind}")
+    try:  # before any download: a missing tiktoken vocabulary is the quicker failure
+        tok = TiktokenTokenizer(kind) if kind in TIKTOKEN_NAMES else None
+    except OSError as e:
+        raise SystemExit(f"error: {e}")
+    train, val = hf_splits(args)
+    if kind == "bpe":
+        tok = lambda texts: BPETokenizer.train(texts, args.vocab_size)  # noqa: E731
+    elif kind == "char":  # every character of both splits (a char tokenizer cannot encode one it never saw)
+        chars = set()
+        for ds in (train, val):
+            for batch in ds.select_columns([args.text_field]).iter(batch_size=1000):
+                chars.update(*batch[args.text_field])
+        tok = CharTokenizer.from_text("".join(chars) + "\n")
+    source = (f"hf:{OPENWEBTEXT if args.dataset == 'openwebtext' else args.hf_dataset}"
+              + (f" config={args.config}" if args.config else "") + f" split={args.split}"
+              + (f" val_split={args.val_split}" if args.val_split else f" val_fraction={args.val_fraction}")
+              + (f" data_files={' '.join(os.path.abspath(f) for f in args.data_files)}" if args.data_files else ""))
+    report(prepare_hf(name, train, val, tok, args.text_field, source, args.out_root, args.num_proc),
+           args.out_root, name)
+
+
+def report(meta, out_root, name):
+    print(f"{os.path.join(out_root, name)}: vocab_size {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens ({meta['dtype']})")
 
 
