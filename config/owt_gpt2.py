@@ -1,14 +1,15 @@
 # GPT-2 124M on OpenWebText with the softmax head: nanoGPT's proven schedule (~300B tokens).
-# Planned use, on one node with 8 GPUs:  torchrun --standalone --nproc_per_node=8 train.py config/owt_gpt2.py
-# Not in this version yet: torchrun/DDP and `prepare_data.py openwebtext` (the scale-out issue). Today it runs
-# on one GPU, the 40 micro-steps of a step one after another, on data/openwebtext/ prepared by you
-# (e.g. `prepare_data.py text --input owt_txt/ --name openwebtext --tokenizer gpt2`).
+#   python prepare_data.py openwebtext --num_proc 8      # ~9B train tokens in data/openwebtext/ (uint16)
+#   torchrun --standalone --nproc_per_node=8 train.py config/owt_gpt2.py
+# On fewer GPUs the same config works: each of N processes runs 40 / N micro-steps (N must divide 40),
+# so tokens per step and the schedule stay the same and only the wall time changes.
 
 out_dir = "out-owt-gpt2"
 dataset = "openwebtext"
 head = "softmax"
 
-# 12 sequences x 1024 tokens x 40 micro-steps = 491,520 tokens per optimizer step
+# 12 sequences x 1024 tokens x 40 micro-steps = 491,520 tokens per optimizer step (8 GPUs: 5 micro-steps each);
+# 600,000 steps x 491,520 = 295B tokens
 batch_size = 12
 block_size = 1024
 gradient_accumulation_steps = 40
