@@ -27,6 +27,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g: LayerNorm without subtracting the mean (LLaMA's norm). What the
+    residual branches need is inputs of a steady size; the rescaling gives that, the centring costs a reduction.
+    Normalised in fp32 and cast back, so a bf16 x does not lose digits in the mean of its squares."""
+
+    eps = 1e-5  # keeps 1/sqrt finite for an all-zero x; the same as nn.LayerNorm's default
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))  # g; named like LayerNorm's so state_dict keys stay GPT-2's
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None  # a shift as LayerNorm's; LLaMA has none
+
+    def forward(self, x):
+        x32 = x.float()
+        y = (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)).type_as(x)  # (B, T, C)
+        y = y * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+def make_norm(config):
+    """The norm config.norm names, for ln_1, ln_2 and ln_f."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.bias)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention: softmax(q k^T / sqrt(hs)) v, each position seeing only itself and the past."""
 
@@ -77,9 +103,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
@@ -164,7 +190,9 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has them
+    bias: bool = True  # biases in every Linear and norm layer, as GPT-2 has them
+    # architecture switches, each on its own; the defaults are GPT-2's, the alternatives LLaMA's
+    norm: str = "layernorm"  # 'layernorm' or 'rmsnorm' (rescale only, no centring), for ln_1, ln_2 and ln_f
     head: str = "softmax"  # the output head: 'softmax', 'sigmoid' or 'bayes' (see GPT.head_loss)
     bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
@@ -179,6 +207,9 @@ class GPTConfig:
             raise ValueError("bayes_prior_std and bayes_init_std must be > 0 and bayes_samples >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        for key, choices in (("norm", ("layernorm", "rmsnorm")),):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose {' or '.join(choices)}")
 
 
 class GPT(nn.Module):
@@ -190,7 +221,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output layer scores token j by the dot product with j's input embedding, so one
