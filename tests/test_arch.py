@@ -1,9 +1,12 @@
 """The architecture switches in GPTConfig (norm, mlp, pos), each against a reference written here."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import GPT, GPTConfig, RMSNorm
+from model import GPT, GPTConfig, RMSNorm, SwiGLU
 
 
 def tiny(block_size=16, vocab_size=50, **kw):
@@ -62,13 +65,45 @@ def test_rmsnorm_keeps_the_input_dtype():
     assert torch.allclose(y.float(), x / x.pow(2).mean(-1, keepdim=True).sqrt(), rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("kw,bad", [(dict(norm="batchnorm"), "layernorm or rmsnorm")])
+@pytest.mark.parametrize("C,multiple,bias", [(32, 64, True), (128, 64, False), (128, 256, True), (768, 64, False),
+                                             (100, 1, True), (96, 32, False)])
+def test_swiglu_parameter_count_is_the_formula(C, multiple, bias):
+    hidden = math.ceil(2 / 3 * 4 * C / multiple) * multiple
+    assert hidden % multiple == 0 and 8 * C / 3 <= hidden < 8 * C / 3 + multiple
+    mlp = SwiGLU(GPTConfig(n_embd=C, n_head=4, mlp="swiglu", mlp_multiple=multiple, bias=bias))
+    n = sum(p.numel() for p in mlp.parameters())
+    assert n == 3 * C * hidden + ((2 * hidden + C) if bias else 0)
+    assert mlp.c_proj.weight.shape == (C, hidden)
+
+
+def test_swiglu_equals_its_formula():
+    torch.manual_seed(0)
+    mlp = SwiGLU(GPTConfig(n_embd=32, n_head=2, mlp="swiglu", mlp_multiple=8))
+    H = mlp.c_proj.in_features
+    w_gate, w_up = mlp.c_fc.weight[:H], mlp.c_fc.weight[H:]  # the documented layout: [gate | up]
+    b_gate, b_up = mlp.c_fc.bias[:H], mlp.c_fc.bias[H:]
+    x = torch.randn(2, 5, 32)
+    a = x @ w_gate.T + b_gate
+    ref = (a * torch.sigmoid(a) * (x @ w_up.T + b_up)) @ mlp.c_proj.weight.T + mlp.c_proj.bias
+    assert torch.allclose(mlp(x), ref, atol=1e-6)
+
+
+def test_swiglu_projection_gets_gpt2s_depth_scaled_init():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, vocab_size=64, block_size=8, mlp="swiglu"))
+    std = m.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(2 * 8)) < 5e-4
+    assert abs(m.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 5e-4
+
+
+@pytest.mark.parametrize("kw,bad", [(dict(norm="batchnorm"), "layernorm or rmsnorm"),
+                                    (dict(mlp="relu"), "gelu or swiglu"), (dict(mlp_multiple=0), "mlp_multiple")])
 def test_unknown_switch_values_are_refused_with_the_choices(kw, bad):
     with pytest.raises(ValueError, match=bad):
         GPTConfig(**kw)
 
 
-SWITCHES = [dict(norm="rmsnorm"), dict(norm="rmsnorm", bias=False)]
+SWITCHES = [dict(norm="rmsnorm"), dict(norm="rmsnorm", bias=False), dict(mlp="swiglu"), dict(mlp="swiglu", bias=False)]
 
 
 @pytest.mark.parametrize("kw", SWITCHES)
