@@ -475,13 +475,13 @@ class GPT(nn.Module):
         fit in the context). Why they change:
         - learned positions: every token moves to a new position embedding, which changes its input and so
           every layer's keys and values.
-        - rope: scores depend only on relative positions, and relative positions survive the slide. In the
-          first layer, values would not change, and keys only by one common rotation that cancels against a
-          query rotated by its old-frame position: that layer could be kept (up to rounding). The re-fill is needed because the
-          window drops its oldest token: in the layers above, every cached key and value comes from a hidden
-          state that attended to tokens now outside the window, which the window's forward never sees.
-          Keeping them would compute sliding-window attention, whose reach grows with depth: another model,
-          and not the cache-free one."""
+        - rope: scores depend only on relative positions, and those survive the slide. In the first layer,
+          values would not change, and keys only by one common rotation, which cancels if the new query is
+          rotated by its position counted from the old window's start (block_size, not block_size - 1): that
+          layer could be kept, up to rounding. The re-fill is needed because the window drops its oldest
+          token: in every layer above, each cached key and value comes from a hidden state that attended to
+          that token, which the window's forward no longer sees. Keeping them would compute sliding-window
+          attention, whose reach grows with depth: another model, and not the cache-free one."""
         bs = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):

@@ -232,3 +232,22 @@ def test_each_switch_trains(kw):
     assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.5
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_train_config_passes_the_switches_and_fine_tuning_checks_them():
+    import train
+    from configurator import UserError
+    cfg = train.TrainConfig(norm="rmsnorm", mlp="swiglu", mlp_multiple=32, pos="rope", rope_theta=500.0, bias=False)
+    mc = train.model_config(cfg, 65)
+    assert (mc.norm, mc.mlp, mc.mlp_multiple, mc.pos, mc.rope_theta, mc.bias) == ("rmsnorm", "swiglu", 32, "rope",
+                                                                                    500.0, False)
+    assert train.model_config(train.TrainConfig(), 65) == GPTConfig(vocab_size=65)  # defaults agree
+    with pytest.raises(UserError, match="learned or rope"):
+        train.model_config(train.TrainConfig(pos="alibi"), 65)
+    m = tiny(norm="rmsnorm")
+    src = dict(tiny().config.__dict__)
+    del src["norm"], src["mlp"], src["pos"]  # a checkpoint from before the switches: GPT-2's parts
+    with pytest.raises(UserError, match="norm='layernorm'"):
+        train.fine_tune_from(m, {"model_config": src, "model": {}, "tokenizer": "t"}, {"tokenizer": "t"})
+    train.fine_tune_from(tiny(), {"model_config": src, "model": tiny().state_dict(), "tokenizer": "t"},
+                         {"tokenizer": "t"})
