@@ -251,3 +251,17 @@ def test_train_config_passes_the_switches_and_fine_tuning_checks_them():
         train.fine_tune_from(m, {"model_config": src, "model": {}, "tokenizer": "t"}, {"tokenizer": "t"})
     train.fine_tune_from(tiny(), {"model_config": src, "model": tiny().state_dict(), "tokenizer": "t"},
                          {"tokenizer": "t"})
+
+
+def test_llama_config_is_the_quickstart_with_llama_parts():
+    import os
+    import train
+    from configurator import configure
+    from conftest import ROOT
+    base, llama = (configure(train.TrainConfig, [os.path.join(ROOT, "config", f)])
+                   for f in ("shakespeare_char.py", "shakespeare_char_llama.py"))
+    switched = {"out_dir", "norm", "mlp", "pos", "bias", "mlp_multiple"}
+    assert {k for k in base.__dict__ if base.__dict__[k] != llama.__dict__[k]} == switched
+    assert (llama.norm, llama.mlp, llama.pos, llama.bias) == ("rmsnorm", "swiglu", "rope", False)
+    sizes = [sum(p.numel() for p in GPT(train.model_config(c, 65)).parameters()) for c in (base, llama)]
+    assert abs(sizes[1] - sizes[0]) < 0.001 * sizes[0]  # the comparison is at the same size, as its comment says
