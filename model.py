@@ -9,6 +9,10 @@ Each Block is pre-LayerNorm with two residual branches, x = x + attn(ln_1(x)); x
 residual stream carries the embedding through unchanged and every layer adds a correction to it.
 The parameter names are GPT-2's own (wte, wpe, h.0.attn.c_attn, ...) so importing real weights is a table.
 
+Three switches in GPTConfig put in LLaMA's part instead of GPT-2's, each on its own (the defaults are GPT-2,
+exactly): norm='rmsnorm' (RMSNorm for ln_1, ln_2, ln_f), mlp='swiglu' (a gated MLP of the same cost) and
+pos='rope' (no wpe: queries and keys are rotated by their positions inside attention). The names stay GPT-2's.
+
 Two things here that nanoGPT lacks:
 - `log_probs`: *normalised* next-token log-probabilities. Sampling and evaluation score only through it, so a
   different output head (the switch `head` in GPTConfig) changes one place. Three heads:
@@ -30,8 +34,56 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g: LayerNorm without subtracting the mean (LLaMA's norm). What the
+    residual branches need is inputs of a steady size; the rescaling gives that, the centring costs a reduction.
+    Normalised in fp32 and cast back, so a bf16 x does not lose digits in the mean of its squares."""
+
+    eps = 1e-5  # keeps 1/sqrt finite for an all-zero x; the same as nn.LayerNorm's default
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))  # g; named like LayerNorm's so state_dict keys stay GPT-2's
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None  # a shift as LayerNorm's; LLaMA has none
+
+    def forward(self, x):
+        x32 = x.float()
+        y = (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)).type_as(x)  # (B, T, C)
+        y = y * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+def make_norm(config):
+    """The norm config.norm names, for ln_1, ln_2 and ln_f."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.bias)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rope_tables(head_size, theta, length, device=None):
+    """cos and sin (length, hs/2) of the rotary angles pos * f_i, f_i = theta^(-2i/hs) for pair i < hs/2: the
+    pairs turn from 1 radian per position (i = 0) down to about 1/theta, so fast pairs tell near positions
+    apart and slow ones far positions."""
+    f = theta ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=device) / head_size)  # (hs/2,)
+    angle = torch.outer(torch.arange(length, dtype=torch.float32, device=device), f)  # (length, hs/2)
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotary position embedding: rotate pair i of x (B, nh, T, hs) by the angle pos * f_i of its position,
+    cos and sin (T, hs/2) from rope_tables. The pairs are (x_i, x_{i + hs/2}), the two halves of a head (any
+    fixed pairing works; training adapts to it). A rotation keeps lengths, and R(m)^T R(n) = R(n - m), so
+    (R(m) q) . (R(n) k) = q . R(n - m) k: scores depend on positions only through n - m, and nothing is added
+    to the residual stream. In fp32 and cast back: bf16 would blur the angles of far positions."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    y = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)
+    return y.type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention: softmax(q k^T / sqrt(hs)) v, each position seeing only itself and the past."""
+    """Multi-head attention: softmax(q k^T / sqrt(hs)) v, each position seeing only itself and the past.
+    With pos='rope', q and k are first rotated by their positions (apply_rope); the cache then holds keys
+    already rotated, and each new query and key is rotated by its own position, cache.pos + t."""
 
     def __init__(self, config):
         super().__init__()
@@ -41,12 +93,14 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # (cos, sin) at these T positions
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, L, hs): the cached past followed by these T positions
@@ -77,16 +131,35 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class SwiGLU(nn.Module):
+    """LLaMA's feed-forward: c_proj(silu(x W_gate) * (x W_up)), silu(a) = a * sigmoid(a). The gate decides, per
+    hidden unit and token, how much of the linear 'up' value passes. Three matrices instead of two, so the
+    hidden width is 2/3 of GPT-2's 4 * n_embd for the same cost (3 * C * 8C/3 = 2 * C * 4C parameters and
+    FLOPs), rounded up to a multiple of mlp_multiple."""
+
+    def __init__(self, config):
+        super().__init__()
+        m = config.mlp_multiple
+        H = -(-8 * config.n_embd // (3 * m)) * m  # ceil((2/3 * 4 * C) / m) * m, in integers
+        self.c_fc = nn.Linear(config.n_embd, 2 * H, bias=config.bias)  # gate and up in one matmul: [gate | up]
+        self.c_proj = nn.Linear(H, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, H) each
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -167,7 +240,15 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has them
+    bias: bool = True  # biases in every Linear and norm layer, as GPT-2 has them
+    # architecture switches, each on its own; the defaults are GPT-2's, the alternatives LLaMA's
+    norm: str = "layernorm"  # 'layernorm' or 'rmsnorm' (rescale only, no centring), for ln_1, ln_2 and ln_f
+    mlp: str = "gelu"  # 'gelu' (4 * n_embd wide) or 'swiglu' (gated, ~8/3 * n_embd wide: the same parameters)
+    # swiglu: hidden width rounded up to a multiple of this, for matmul-friendly shapes. LLaMA uses 256 at
+    # n_embd 4096 (10,923 -> 11,008, +0.8%); at n_embd 128 that would make 341 into 512, 64 makes it 384
+    mlp_multiple: int = 64
+    pos: str = "learned"  # 'learned' (wpe, added to the input) or 'rope' (rotary: q and k rotated in attention)
+    rope_theta: float = 10000.0  # rope: the pairs of a head turn from 1 to ~1/rope_theta radians per position
     head: str = "softmax"  # the output head: 'softmax', 'sigmoid' or 'bayes' (see GPT.head_loss)
     bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
@@ -182,6 +263,17 @@ class GPTConfig:
             raise ValueError("bayes_prior_std and bayes_init_std must be > 0 and bayes_samples >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        for key, choices in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu")),
+                             ("pos", ("learned", "rope"))):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose {' or '.join(choices)}")
+        if self.mlp_multiple < 1:
+            raise ValueError(f"mlp_multiple must be at least 1, got {self.mlp_multiple}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope rotates pairs of dimensions: the head size n_embd / n_head = "
+                             f"{self.n_embd // self.n_head} must be even")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
 
 
 class GPT(nn.Module):
@@ -190,10 +282,11 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            # learned position embeddings; none with rope, where positions act inside attention
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output layer scores token j by the dot product with j's input embedding, so one
@@ -210,6 +303,12 @@ class GPT(nn.Module):
             # matrix: with sigma -> 0 the head is exactly the softmax head, the parameter count differs from it
             # only by rho, and a pretrained model's output weights are the posterior mean to start from
             self.lm_rho = nn.Parameter(torch.full((V, C), math.log(math.expm1(config.bayes_init_std))))
+        if config.pos == "rope":
+            # buffers, not parameters, and not in state_dict (persistent=False): they follow from the config,
+            # and checkpoints stay free of tables that only depend on block_size
+            cos, sin = rope_tables(C // config.n_head, config.rope_theta, config.block_size)  # (block_size, hs/2)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer): each of the
         # 2 * n_layer branches adds to the same sum, and this keeps its variance from growing with depth
@@ -229,7 +328,17 @@ class GPT(nn.Module):
         """Parameters, by default without the position embeddings (token embeddings count: they are tied to
         the output layer and do real work there), the N in the 6N FLOPs-per-token estimate."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        wpe = self.transformer.wpe  # None with rope: nothing to subtract
+        return n - wpe.weight.numel() if non_embedding and wpe is not None else n
+
+    def rope(self, start, T):
+        """cos and sin (T, hs/2) for positions start..start+T-1. The tables are recomputed longer when a later
+        position is asked for (a block_size raised after construction: RoPE has no learned table to cap it)."""
+        if start + T > self.rope_cos.size(0):
+            cos, sin = rope_tables(self.config.n_embd // self.config.n_head, self.config.rope_theta,
+                                   max(start + T, self.config.block_size), self.rope_cos.device)
+            self.rope_cos, self.rope_sin = cos, sin  # still buffers, still not saved
+        return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
 
     def hidden(self, idx, cache=None):
         """Final hidden states (B, T, C) for token ids (B, T); with a cache, idx continues its sequence."""
@@ -237,10 +346,16 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "rope":
+            rope = self.rope(start, T)  # absolute positions: with a cache, cache.pos + t
+        else:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
@@ -357,10 +472,19 @@ class GPT(nn.Module):
         """Yield the next token (B, 1) max_new_tokens times, each sampled given everything before it.
 
         Once the sequence is longer than block_size, the prediction is made from its last block_size tokens,
-        exactly as a cache-free forward over that window would. With learned absolute positions, sliding the
-        window moves every token to a new position, which changes every key and value: a cache cannot be
-        'rolled', and each step past block_size re-runs the whole window (the cache then saves nothing;
-        it pays off for generations that fit in the context)."""
+        exactly as a cache-free forward over that window (positions 0..block_size-1) would. Sliding the window
+        changes the keys and values of tokens that stay in it, so a cache cannot be 'rolled': each step past
+        block_size re-runs the whole window (the cache then saves nothing; it pays off for generations that
+        fit in the context). Why they change:
+        - learned positions: every token moves to a new position embedding, which changes its input and so
+          every layer's keys and values.
+        - rope: scores depend only on relative positions, and those survive the slide. In the first layer,
+          values would not change, and keys only by one common rotation, which cancels if the new query is
+          rotated by its position counted from the old window's start (block_size, not block_size - 1): that
+          layer could be kept, up to rounding. The re-fill is needed because the window drops its oldest
+          token: in every layer above, each cached key and value comes from a hidden state that attended to
+          that token, which the window's forward no longer sees. Keeping them would compute sliding-window
+          attention, whose reach grows with depth: another model, and not the cache-free one."""
         bs = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):

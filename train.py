@@ -64,6 +64,11 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    norm: str = "layernorm"  # 'layernorm' or 'rmsnorm'; these five switches: GPT-2 by default, LLaMA's parts
+    mlp: str = "gelu"  # 'gelu' or 'swiglu' (gated, 2/3 as wide for the same cost)
+    mlp_multiple: int = 64  # swiglu: hidden width rounded up to a multiple of this
+    pos: str = "learned"  # 'learned' (wpe) or 'rope' (rotary positions in attention)
+    rope_theta: float = 10000.0  # rope: base of the rotation frequencies
     head: str = "softmax"  # 'softmax', 'sigmoid' (BCE) or 'bayes' (Gaussian output weights); see model.py
     bayes_prior_std: float = 1.0  # bayes: prior N(0, std^2) on each output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init
@@ -92,7 +97,8 @@ def model_config(cfg, vocab_size):
     """The GPTConfig a training config describes."""
     try:
         return GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, head=cfg.head,
+                         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm, mlp=cfg.mlp,
+                         mlp_multiple=cfg.mlp_multiple, pos=cfg.pos, rope_theta=cfg.rope_theta, head=cfg.head,
                          bayes_prior_std=cfg.bayes_prior_std, bayes_init_std=cfg.bayes_init_std,
                          bayes_samples=cfg.bayes_samples)
     except ValueError as e:
@@ -265,9 +271,11 @@ def fine_tune_from(model, src, meta):
     a head's own parameters that the source lacks keep their init (the sigmoid bias at -log(V-1), the bayes
     sigma at bayes_init_std)."""
     mine = asdict(model.config)
-    for k, v in src["model_config"].items():
-        if k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias") and mine.get(k) != v:
-            raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={v!r}, this config {mine.get(k)!r}")
+    theirs = {**asdict(GPTConfig()), **src["model_config"]}  # a checkpoint older than a switch has its default
+    for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp", "pos"):
+        if theirs[k] != mine[k]:
+            raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={theirs[k]!r}, "
+                            f"this config {mine[k]!r}")
     if src["tokenizer"] != meta["tokenizer"]:
         raise UserError("cannot fine-tune from that checkpoint: its tokenizer is not this data's tokenizer")
     own = model.state_dict()
