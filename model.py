@@ -552,6 +552,9 @@ class GPT(nn.Module):
         c = self.config
         if c.head != "softmax":
             raise ValueError(f"only the softmax head exists in GPT-2; this model's head is {c.head!r}")
+        if (c.norm, c.mlp, c.pos) != ("layernorm", "gelu", "learned"):
+            raise ValueError(f"GPT-2 has LayerNorm, a GELU MLP and learned positions; this model has norm={c.norm}, "
+                             f"mlp={c.mlp}, pos={c.pos}")
         if os.path.isdir(folder) and os.listdir(folder) or os.path.isfile(folder):
             raise ValueError(f"{folder} exists and is not empty: choose a new folder")
         from transformers import GPT2Config, GPT2LMHeadModel

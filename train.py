@@ -272,7 +272,7 @@ def fine_tune_from(model, src, meta):
     sigma at bayes_init_std)."""
     mine = asdict(model.config)
     theirs = {**asdict(GPTConfig()), **src["model_config"]}  # a checkpoint older than a switch has its default
-    for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp", "pos"):
+    for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp", "mlp_multiple", "pos"):
         if theirs[k] != mine[k]:
             raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={theirs[k]!r}, "
                             f"this config {mine[k]!r}")
@@ -427,7 +427,8 @@ def train(cfg, rank, world, device, t0):
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path, device)
-        for k, v in ckpt["model_config"].items():
+        # a checkpoint older than a setting has that setting's default
+        for k, v in {**asdict(GPTConfig()), **ckpt["model_config"]}.items():
             if getattr(mconf, k) != v:
                 raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
                                 f"{getattr(mconf, k)!r}")

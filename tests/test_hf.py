@@ -92,6 +92,11 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="softmax"):
         sig.export_hf(str(tmp_path / "a"))
     assert not os.path.exists(tmp_path / "a")
+    for switch in ({"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"pos": "rope"}):
+        llama = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8, **switch))
+        with pytest.raises(ValueError, match="GPT-2 has LayerNorm"):
+            llama.export_hf(str(tmp_path / "a"))
+        assert not os.path.exists(tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("mine")
     soft = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8))
