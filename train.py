@@ -213,7 +213,8 @@ def peak_flops(device, dtype):
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
         half = dtype != "float32"
-        for key, (f16, f32) in {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+        # dense (no sparsity) bf16/fp16 and fp32 peaks from the datasheets; the first key the name holds wins
+        for key, (f16, f32) in {"H200": (989e12, 67e12), "H100 PCIe": (756e12, 51e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
                                 "L4": (121e12, 30e12), "A10": (125e12, 31e12), "4090": (165e12, 83e12),
                                 "3090": (71e12, 36e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8e12)}.items():
             if key in name:
