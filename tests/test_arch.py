@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, KVCache, RMSNorm, SwiGLU, apply_rope, rope_tables
-from test_model import reference_generate
+from test_model import assert_generation_paths_agree
 
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)
 
@@ -187,15 +187,7 @@ def test_llama_kv_cache_generation_equals_cache_free(kw, prompt_len):
     with torch.no_grad():  # sharper attention than at init (nearly uniform there), so positions matter
         for block in m.transformer.h:
             block.attn.c_attn.weight.mul_(10)
-    torch.manual_seed(5)
-    idx = torch.randint(50, (2, prompt_len))
-    outs = []
-    for gen in (lambda: m.generate(idx, 45, **kw), lambda: m.generate(idx, 45, use_cache=False, **kw),
-                lambda: reference_generate(m, idx, 45, **kw)):
-        torch.manual_seed(123)
-        outs.append(gen())
-    assert outs[0].shape == (2, prompt_len + 45)  # 45 new tokens run well past block_size 16
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert_generation_paths_agree(m, prompt_len, kw)
 
 
 def test_rope_tables_grow_when_block_size_is_raised():
