@@ -566,8 +566,10 @@ class GPT(nn.Module):
         Why not fill all masks from one pass: each would be drawn from its own distribution, blind to what
         the others become, and neighbours can then come from different words ('New Angeles' where 'New York'
         and 'Los Angeles' both fit). Most confident first settles the easy masks early and lets them
-        constrain the hard ones. Only ids below `vocab` are ever filled in (default mask_id: the special
-        tokens, <mask> first, come after the vocabulary)."""
+        constrain the hard ones. A trade-off, measured on Tiny Shakespeare (README): one pass, each position's
+        own best guess, gets slightly more single tokens right; this gets whole masked spans right far more
+        often. Only ids below `vocab` are ever filled in (default mask_id: the special tokens, <mask> first,
+        come after the vocabulary)."""
         if self.config.causal:
             raise ValueError("fill needs a bidirectional model (trained with objective='mlm'); a causal model "
                              "continues text with generate")
