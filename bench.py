@@ -329,6 +329,8 @@ def main(argv=None):
     cfg = configure(BenchConfig, argv)
     if cfg.what not in ("train", "sample", "all", "tokenizer", "heads"):
         raise UserError(f"what={cfg.what!r}: choose train, sample, all, tokenizer or heads")
+    if cfg.objective == "mlm" and cfg.what in ("sample", "all"):
+        raise UserError("a masked language model does not generate: use --what=train with objective='mlm'")
     if cfg.what == "heads":
         rows = bench_heads(cfg)
         if cfg.json:

@@ -20,6 +20,12 @@ sigmoid and bayes heads are scored alike:
 
 The tokens: the split cut into consecutive windows of block_size (every token predicted once, given the
 tokens before it in its window), capped at max_tokens. Weight draws (bayes) come from a fixed seed.
+A run trained with batching='lines' is scored on the pieces of the split's documents instead (train.py
+line_pieces), in order, padded, with an attention mask. A masked language model (objective='mlm') is scored
+on the tokens its masking chooses (15% of them by default, most shown to it as <mask>), masked once with the
+fixed seed: the same tokens every run, whatever the batch size. Its accuracy is the masked-token accuracy, and
+its perplexity exp(NLL) that of the masked-out tokens given everything else (not comparable to a causal
+model's, which sees only the past).
 """
 
 import json
@@ -34,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 from configurator import UserError, configure, main_guard
-from train import autocast, build_model, load_checkpoint, pick_device, pick_dtype
+from train import (MLM_TOKENS, TrainConfig, autocast, build_model, line_pieces, load_checkpoint, mask_tokens,
+                   mlm_setup, pick_device, pick_dtype, piece_batch)
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -63,6 +70,33 @@ def windows(data, block_size, max_tokens):
     x = torch.from_numpy(np.asarray(data[:n * block_size], dtype=np.int64)).view(n, block_size)
     y = torch.from_numpy(np.asarray(data[1:n * block_size + 1], dtype=np.int64)).view(n, block_size)
     return x, y
+
+
+def eval_set(data, meta, tc, cfg, mlm):
+    """The tokens to score, the same every run: x, y (N, T) and the attention mask (N, T), None for windows.
+    tc: the run's TrainConfig. mlm (objective='mlm'): x is masked once, as a whole, with cfg.seed."""
+    am = None
+    if tc.batching == "lines":
+        pieces = line_pieces(data, meta, tc.objective, tc.block_size)
+        if cfg.max_tokens:  # the first pieces, up to max_tokens tokens
+            pieces = pieces[:max(1, np.searchsorted(np.cumsum(pieces[:, 1]), cfg.max_tokens, side="right"))]
+        x, y, am = piece_batch(data, pieces, np.arange(len(pieces)), tc.objective, mlm["pad"] if mlm else 0)
+    else:
+        x, y = windows(data, tc.block_size, cfg.max_tokens)
+    if mlm is not None:
+        x, y = mask_tokens(x, am, torch.Generator().manual_seed(cfg.seed), mlm)
+    return x, y, am
+
+
+def batches(x, y, am, lo, hi, size):
+    """Rows lo..hi of (x, y, am) in slices of `size`; with padding, each cut to its longest row (right padding:
+    the columns after it hold padding only)."""
+    for i in range(lo, hi, size):
+        xb, yb, ab = x[i:min(i + size, hi)], y[i:min(i + size, hi)], None if am is None else am[i:min(i + size, hi)]
+        if ab is not None:
+            L = int(ab.sum(1).max())
+            xb, yb, ab = xb[:, :L], yb[:, :L], ab[:, :L]
+        yield xb, yb, ab
 
 
 def ece(conf, correct, equal_mass=False):
@@ -102,10 +136,12 @@ def summarise(parts):
 
 
 @torch.no_grad()
-def one_pass(model, x, y, cfg, ctx, device, temps=None):
-    """Score every window. temps=None: the raw distribution, plus per fold the NLL under every temperature of
-    the grid (to fit T). temps=(T0, T1): the distribution at the temperature fitted for each fold."""
+def one_pass(model, x, y, am, cfg, ctx, device, temps=None):
+    """Score every window (every target that is not -1). temps=None: the raw distribution, plus per fold the NLL
+    under every temperature of the grid (to fit T). temps=(T0, T1): the distribution at the temperature fitted
+    for each fold."""
     head, n = model.config.head, x.size(0)
+    ignore = bool((y == -1).any())  # padding, or tokens the masking left alone: scored are only the others
     folds = ((0, n // 2), (n // 2, n))  # the two halves of the temperature fit
     nll_by_t = np.zeros((2, len(TEMPERATURES)))
     inv_t = torch.tensor(1 / TEMPERATURES, dtype=torch.float32, device=device)
@@ -113,16 +149,19 @@ def one_pass(model, x, y, cfg, ctx, device, temps=None):
     torch.manual_seed(cfg.seed)  # the same weight draws (bayes) in every pass and every run
     bar = tqdm(total=n, desc="evaluating", unit="window", disable=n < 50 * cfg.batch_size, file=sys.stderr)
     for fold, (lo, hi) in enumerate(folds):
-        for i in range(lo, hi, cfg.batch_size):
-            xb, yb = x[i:min(i + cfg.batch_size, hi)].to(device), y[i:min(i + cfg.batch_size, hi)].to(device)
+        for xb, yb, ab in batches(x, y, am, lo, hi, cfg.batch_size):
+            xb, yb, ab = xb.to(device), yb.to(device), None if ab is None else ab.to(device)
             with ctx:
-                h = model.hidden(xb)
+                h = model.hidden(xb, attention_mask=ab)
                 logp, entropy, mi = model.predictive(h)
                 if head == "sigmoid" and temps is None:
                     z = model.logits(h)
-                    sums["bce"] += model.head_loss(z, yb, h).item() * yb.numel()
-                    sums["sum_sigma"] += torch.sigmoid(z.float()).sum().item()
-            logp, yf = logp.float().flatten(0, 1), yb.flatten()
+                    sums["bce"] += model.head_loss(z, yb, h).item() * (yb != -1).sum().item()
+                    sums["sum_sigma"] += torch.sigmoid(z.float()).sum(-1)[yb != -1].sum().item()
+            logp, yf, entropy, mi = logp.float().flatten(0, 1), yb.flatten(), entropy.flatten(), mi.flatten()
+            if ignore:
+                keep = yf != -1
+                logp, yf, entropy, mi = logp[keep], yf[keep], entropy[keep], mi[keep]
             if temps is not None:  # p ∝ p^(1/T)
                 logp = (logp / temps[fold]).log_softmax(-1)
             else:
@@ -138,7 +177,7 @@ def one_pass(model, x, y, cfg, ctx, device, temps=None):
     bar.close()
     result = summarise(parts)
     if temps is None:
-        tokens = y.numel()
+        tokens = (y != -1).sum().item()
         keep = {"entropy"} | ({"bce", "sum_sigma"} if head == "sigmoid" else set()) | (
             {"expected_entropy", "mi"} if head == "bayes" else set())
         result.update({k: sums[k] / tokens for k in keep})
@@ -147,26 +186,28 @@ def one_pass(model, x, y, cfg, ctx, device, temps=None):
     return result
 
 
-def evaluate(model, x, y, cfg, ctx, device):
-    raw = one_pass(model, x, y, cfg, ctx, device)
+def evaluate(model, x, y, cfg, ctx, device, am=None):
+    raw = one_pass(model, x, y, am, cfg, ctx, device)
     temps = raw.pop("fit_T")
-    scaled = one_pass(model, x, y, cfg, ctx, device, temps)
-    return {"head": model.config.head, "tokens": y.numel(), **raw, "temperature_scaled": {"T": temps, **scaled}}
+    scaled = one_pass(model, x, y, am, cfg, ctx, device, temps)
+    return {"head": model.config.head, "tokens": (y != -1).sum().item(), **raw,
+            "temperature_scaled": {"T": temps, **scaled}}
 
 
 @torch.no_grad()
-def bayes_nll_by_samples(model, x, y, cfg, ctx, device, counts):
+def bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts):
     out = {}
     for s in counts:
         torch.manual_seed(cfg.seed)
         total = 0.0
-        for i in range(0, x.size(0), cfg.batch_size):
-            xb, yb = x[i:i + cfg.batch_size].to(device), y[i:i + cfg.batch_size].to(device)
+        for xb, yb, ab in batches(x, y, am, 0, x.size(0), cfg.batch_size):
+            xb, yb, ab = xb.to(device), yb.to(device), None if ab is None else ab.to(device)
             with ctx:
-                h = model.hidden(xb)
+                h = model.hidden(xb, attention_mask=ab)
                 logp, _ = model.bayes_predict(model.logits(h), h, samples=s)
-            total += -logp.float().gather(-1, yb[..., None]).sum().item()
-        out[str(s)] = total / y.numel()
+            nll = -logp.float().gather(-1, yb.clamp_min(0)[..., None]).squeeze(-1)  # (B, T)
+            total += nll[yb != -1].sum().item()
+        out[str(s)] = total / (y != -1).sum().item()
     return out
 
 
@@ -193,6 +234,7 @@ def run(cfg):
     model = build_model(ckpt, cfg.out_dir)
     model.eval().to(device)
     tcfg = ckpt.get("config", {})
+    tc = TrainConfig(**{k: v for k, v in tcfg.items() if k in TrainConfig.__dataclass_fields__})
     folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))
     try:
         with open(os.path.join(folder, "meta.json")) as f:
@@ -200,14 +242,20 @@ def run(cfg):
         data = np.memmap(os.path.join(folder, f"{cfg.split}.bin"), dtype=meta["dtype"], mode="r")
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read the {cfg.split} split in {folder}/ ({e}); pass --data_dir") from None
-    if meta["vocab_size"] != model.config.vocab_size:
+    mlm = mlm_setup(meta, tc)[1] if tc.objective == "mlm" else None
+    vocab = meta["vocab_size"] + (len(MLM_TOKENS) if mlm else 0)  # mlm: <mask> and <pad> come on top
+    if vocab != model.config.vocab_size:
         raise UserError(f"{folder} has vocab_size {meta['vocab_size']}, the model {model.config.vocab_size}")
-    x, y = windows(data, model.config.block_size, cfg.max_tokens)
-    result = evaluate(model, x, y, cfg, ctx, device)
+    tc.block_size = model.config.block_size
+    x, y, am = eval_set(data, meta, tc, cfg, mlm)
+    result = evaluate(model, x, y, cfg, ctx, device, am)
     if model.config.head == "bayes":
         counts = [int(s) for s in cfg.bayes_sample_counts.split(",") if s.strip()]
-        result["nll_by_samples"] = bayes_nll_by_samples(model, x, y, cfg, ctx, device, counts)
-    result.update(out_dir=cfg.out_dir, split=cfg.split, iter=ckpt.get("iter_num"), seed=tcfg.get("seed"))
+        result["nll_by_samples"] = bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts)
+    result.update(out_dir=cfg.out_dir, split=cfg.split, iter=ckpt.get("iter_num"), seed=tcfg.get("seed"),
+                  objective=tc.objective, batching=tc.batching)
+    if mlm:
+        result["masking"] = {"seed": cfg.seed, "prob": tc.mlm_prob, "mask": tc.mlm_mask, "random": tc.mlm_random}
     path = os.path.join(cfg.out_dir, f"eval_{cfg.split}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
@@ -218,8 +266,13 @@ def run(cfg):
 
 
 def report(r):
-    print(f"{r['out_dir']} ({r['head']} head, {r['split']} split, {r['tokens']:,} tokens)")
-    print(f"  NLL {r['nll']:.4f} nats/token, perplexity {r['ppl']:.3f}, top-1 accuracy {r['acc']:.4f}")
+    mlm = r.get("objective") == "mlm"
+    print(f"{r['out_dir']} ({r['head']} head, {r['split']} split, {r['tokens']:,} {'masked ' if mlm else ''}tokens)")
+    if mlm:
+        print(f"  masked tokens: NLL {r['nll']:.4f} nats/token, perplexity {r['ppl']:.3f}, "
+              f"accuracy {r['acc']:.4f} (masking seed {r['masking']['seed']})")
+    else:
+        print(f"  NLL {r['nll']:.4f} nats/token, perplexity {r['ppl']:.3f}, top-1 accuracy {r['acc']:.4f}")
     print(f"  ECE {r['ece']:.4f} (equal-mass {r['ece_mass']:.4f}), Brier {r['brier']:.4f}, entropy {r['entropy']:.3f}")
     t = r["temperature_scaled"]
     print(f"  temperature-scaled (T = {t['T'][0]:.3f} / {t['T'][1]:.3f}, cross-fitted): NLL {t['nll']:.4f}, "

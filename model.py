@@ -12,6 +12,11 @@ The parameter names are GPT-2's own (wte, wpe, h.0.attn.c_attn, ...) so importin
 Three switches in GPTConfig put in LLaMA's part instead of GPT-2's, each on its own (the defaults are GPT-2,
 exactly): norm='rmsnorm' (RMSNorm for ln_1, ln_2, ln_f), mlp='swiglu' (a gated MLP of the same cost) and
 pos='rope' (no wpe: queries and keys are rotated by their positions inside attention). The names stay GPT-2's.
+A fourth, causal=False, lets every position attend to the whole sequence: a masked language model (BERT's
+objective, train.py objective='mlm') that predicts the token at each position, filled in by `fill`.
+
+Batches of sequences of different lengths are padded on the right and come with an attention_mask (B, T),
+true at real tokens: padding is never attended to and never a target (see GPT.attn_mask).
 
 Two things here that nanoGPT lacks:
 - `log_probs`: *normalised* next-token log-probabilities. Sampling and evaluation score only through it, so a
@@ -81,9 +86,11 @@ def apply_rope(x, cos, sin):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention: softmax(q k^T / sqrt(hs)) v, each position seeing only itself and the past.
+    """Multi-head attention: softmax(q k^T / sqrt(hs)) v, each position seeing only itself and the past; or,
+    with causal=False (a masked language model), every position of the sequence, the future included.
     With pos='rope', q and k are first rotated by their positions (apply_rope); the cache then holds keys
-    already rotated, and each new query and key is rotated by its own position, cache.pos + t."""
+    already rotated, and each new query and key is rotated by its own position, cache.pos + t.
+    A mask (B, 1, T, T) from GPT.attn_mask, when given, says who sees whom (padding and causality in one)."""
 
     def __init__(self, config):
         super().__init__()
@@ -92,8 +99,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        self.causal = config.causal
 
-    def forward(self, x, cache=None, rope=None):
+    def forward(self, x, cache=None, rope=None, mask=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -101,8 +109,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if rope is not None:  # (cos, sin) at these T positions
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        mask, causal = None, True
-        if cache is not None:
+        causal = self.causal and mask is None  # a given mask already holds the causality
+        if cache is not None:  # only without a mask and for a causal model (GPT.hidden checks)
             k, v = cache.append(k, v)  # (B, nh, L, hs): the cached past followed by these T positions
             L = k.size(2)
             if T == 1:
@@ -158,8 +166,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
-    def forward(self, x, cache=None, rope=None):
-        x = x + self.attn(self.ln_1(x), cache, rope)
+    def forward(self, x, cache=None, rope=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, rope, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -249,6 +257,10 @@ class GPTConfig:
     mlp_multiple: int = 64
     pos: str = "learned"  # 'learned' (wpe, added to the input) or 'rope' (rotary: q and k rotated in attention)
     rope_theta: float = 10000.0  # rope: the pairs of a head turn from 1 to ~1/rope_theta radians per position
+    # True: each position sees only the past, and its logits predict the *next* token (GPT). False: every
+    # position sees the whole sequence, and its logits predict the token *at* that position (a masked language
+    # model, BERT-style: trained to recover <mask>ed tokens; train.py objective='mlm')
+    causal: bool = True
     head: str = "softmax"  # the output head: 'softmax', 'sigmoid' or 'bayes' (see GPT.head_loss)
     bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
@@ -340,12 +352,35 @@ class GPT(nn.Module):
             self.rope_cos, self.rope_sin = cos, sin  # still buffers, still not saved
         return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
 
-    def hidden(self, idx, cache=None):
-        """Final hidden states (B, T, C) for token ids (B, T); with a cache, idx continues its sequence."""
+    def attn_mask(self, attention_mask):
+        """Who sees whom, (B, 1, T, T) bool for scaled_dot_product_attention, from attention_mask (B, T) (true at
+        real tokens): query i sees key j if j is a real token and, for a causal model, j <= i. And every query
+        sees itself, padding included: a query with no real token to look at (a row of padding only; with
+        causality, padding before the first token) would otherwise see nothing, and a softmax over nothing is
+        0 / 0 = NaN, which in the next layer would reach real tokens through 0 * NaN. (Recent PyTorch's SDPA
+        returns zeros for such rows, but not every version and kernel does.) A real query seeing itself
+        changes nothing, and what padded positions compute is ignored.
+        Positions are 0..T-1 whatever the mask, so pad on the right: real tokens keep the positions they have
+        alone (learned and rotary alike), and a padded row gives the same outputs as the sequence alone."""
+        real = attention_mask.bool()
+        T = real.size(1)
+        mask = real[:, None, None, :].expand(-1, 1, T, T)  # (B, 1, T, T): the keys that are tokens
+        if self.config.causal:
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+        return mask | torch.eye(T, dtype=torch.bool, device=real.device)
+
+    def hidden(self, idx, cache=None, attention_mask=None):
+        """Final hidden states (B, T, C) for token ids (B, T); with a cache, idx continues its sequence.
+        attention_mask (B, T): true at real tokens, false at padding (see attn_mask), or None: no padding."""
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        if cache is not None and (attention_mask is not None or not self.config.causal):
+            # a cache would need the mask of every earlier step, and a bidirectional model's past changes
+            # with every new token, so there is nothing to keep
+            raise ValueError("the KV cache is for causal generation without padding: call without a cache")
+        mask = self.attn_mask(attention_mask) if attention_mask is not None else None
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "rope":
@@ -355,7 +390,7 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, mask)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
@@ -376,23 +411,26 @@ class GPT(nn.Module):
         return z + self.lm_bias if self.config.head == "sigmoid" else z
 
     def head_loss(self, logits, targets, h=None):
-        """Mean loss per predicted token (nats), targets of -1 ignored, computed in fp32."""
+        """Mean loss per predicted token (nats), targets of -1 ignored, computed in fp32. With every target
+        ignored (a masked-LM batch that happened to choose no position) the loss is 0, not 0 / 0 = NaN."""
         V = logits.size(-1)
         z, y = logits.float().reshape(-1, V), targets.reshape(-1)
+        n = (y != -1).sum().clamp_min(1)  # the tokens that count
         if self.config.head == "sigmoid":
             # -log sigma(z) = softplus(-z) = softplus(z) - z and -log(1 - sigma(z)) = softplus(z), so
             # BCE = sum_j softplus(z_j) - z_y: one pass over the logits, no one-hot or dense target is ever built
             keep = y != -1
             bce = SigmoidBCE.apply(z, y.clamp_min(0))
-            return (bce * keep).sum() / keep.sum().clamp_min(1)
+            return (bce * keep).sum() / n
         if self.config.head == "bayes":
             if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]
                 keep = y != -1
                 ce = SampledCE.apply(z, self.logit_var(h).float().reshape(-1, V), y.clamp_min(0))
-                return (ce * keep).sum() / keep.sum().clamp_min(1)
+                return (ce * keep).sum() / n
             # the loss we report: NLL of the averaged prediction, never with the KL term
-            return F.nll_loss(self.head_log_probs(logits, h).reshape(-1, V), y, ignore_index=-1)
-        return F.cross_entropy(z, y, ignore_index=-1)
+            logp = self.head_log_probs(logits, h).reshape(-1, V)
+            return F.nll_loss(logp, y, ignore_index=-1, reduction="sum") / n
+        return F.cross_entropy(z, y, ignore_index=-1, reduction="sum") / n
 
     def head_log_probs(self, logits, h=None):
         """Normalised next-token log-probabilities (fp32: bf16 would round them coarsely)."""
@@ -436,17 +474,22 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
 
-    def forward(self, idx, targets=None):
-        """Logits (B, T, V) at every position and, given targets (B, T), the mean loss (else None)."""
-        h = self.hidden(idx)
+    def forward(self, idx, targets=None, attention_mask=None):
+        """Logits (B, T, V) at every position and, given targets (B, T), the mean loss over the targets that
+        are not -1 (else None). attention_mask (B, T), true at real tokens and false at padding: padded
+        positions are never looked at and are never targets, whatever `targets` holds there."""
+        h = self.hidden(idx, attention_mask=attention_mask)
         logits = self.logits(h)
+        if targets is not None and attention_mask is not None:
+            targets = targets.masked_fill(~attention_mask.bool(), -1)
         loss = self.head_loss(logits, targets, h) if targets is not None else None
         return logits, loss
 
-    def log_probs(self, idx):
-        """Normalised log p(next token | prefix) at every position: (B, T, V). Everything that scores or
-        samples goes through here, so every head is compared on the same footing."""
-        h = self.hidden(idx)
+    def log_probs(self, idx, attention_mask=None):
+        """Normalised log-probabilities at every position: (B, T, V), of the next token given the prefix
+        (causal), or of the token at that position given the whole sequence (causal=False). Everything that
+        scores or samples goes through here, so every head is compared on the same footing."""
+        h = self.hidden(idx, attention_mask=attention_mask)
         return self.head_log_probs(self.logits(h), h)
 
     def predictive(self, h):
@@ -485,6 +528,9 @@ class GPT(nn.Module):
           token: in every layer above, each cached key and value comes from a hidden state that attended to
           that token, which the window's forward no longer sees. Keeping them would compute sliding-window
           attention, whose reach grows with depth: another model, and not the cache-free one."""
+        if not self.config.causal:
+            raise ValueError("this model is bidirectional (a masked language model): it predicts the tokens at "
+                             "<mask> positions, not the next one; use fill")
         bs = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -509,6 +555,38 @@ class GPT(nn.Module):
         """idx (B, T) followed by up to max_new_tokens sampled tokens: (B, T + n). See `stream`."""
         new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, greedy, stop_token, use_cache))
         return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def fill(self, idx, mask_id, vocab=None, temperature=1.0, top_k=None, top_p=None, greedy=False):
+        """idx (B, T) with every mask_id replaced by a token, by a bidirectional model: one mask per step,
+        the one the model is most sure of first. Each step predicts every remaining mask from the whole
+        sequence, draws a token at each (greedy, temperature, top-k, top-p as in sampling) and keeps only the
+        draw of highest probability; the kept token is context for the next step. n masks, n forward passes.
+
+        Why not fill all masks from one pass: each would be drawn from its own distribution, blind to what
+        the others become, and neighbours can then come from different words ('New Angeles' where 'New York'
+        and 'Los Angeles' both fit). Most confident first settles the easy masks early and lets them
+        constrain the hard ones. A trade-off, measured on Tiny Shakespeare (README): one pass, each position's
+        own best guess, gets slightly more single tokens right; this gets whole masked spans right far more
+        often. Only ids below `vocab` are ever filled in (default mask_id: the special tokens, <mask> first,
+        come after the vocabulary)."""
+        if self.config.causal:
+            raise ValueError("fill needs a bidirectional model (trained with objective='mlm'); a causal model "
+                             "continues text with generate")
+        vocab = mask_id if vocab is None else vocab
+        idx = idx.clone()
+        while (masked := idx == mask_id).any():  # (B, T)
+            row, col = masked.nonzero(as_tuple=True)  # every remaining mask
+            logp = self.log_probs(idx)[row, col, :vocab]  # (N, vocab)
+            tok = sample_next(logp, temperature, top_k, top_p, greedy)  # (N, 1)
+            conf = torch.full(idx.shape, float("-inf"), device=idx.device)  # (B, T)
+            conf[row, col] = logp.gather(1, tok).squeeze(1)  # log p of each draw under the model
+            draw = torch.zeros_like(idx)
+            draw[row, col] = tok.squeeze(1)
+            best = conf.argmax(1)  # (B,): this row's most confident mask
+            rows = masked.any(1).nonzero(as_tuple=True)[0]  # rows that still have one
+            idx[rows, best[rows]] = draw[rows, best[rows]]
+        return idx
 
     # --- GPT-2 weights in and out (HuggingFace transformers, imported only here) ----------------------------
     #
@@ -555,6 +633,8 @@ class GPT(nn.Module):
         if (c.norm, c.mlp, c.pos) != ("layernorm", "gelu", "learned"):
             raise ValueError(f"GPT-2 has LayerNorm, a GELU MLP and learned positions; this model has norm={c.norm}, "
                              f"mlp={c.mlp}, pos={c.pos}")
+        if not c.causal:
+            raise ValueError("GPT-2 is causal; this model is bidirectional (a masked language model)")
         if os.path.isdir(folder) and os.listdir(folder) or os.path.isfile(folder):
             raise ValueError(f"{folder} exists and is not empty: choose a new folder")
         from transformers import GPT2Config, GPT2LMHeadModel

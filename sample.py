@@ -7,6 +7,7 @@ Generate text from a trained checkpoint, streaming each token as it is produced.
     python sample.py --start FILE:prompt.txt --greedy
     python sample.py --out_dir out-bayes --show_uncertainty   # per token: probability, entropy (+ MI for bayes)
     python sample.py --init_from=gpt2 --start "The meaning of life is"   # OpenAI's GPT-2 (needs transformers)
+    python sample.py --out_dir=out-shakespeare-char-mlm --fill "To be, or <mask><mask><mask> to be" --greedy
 
 Sampling knobs, applied in this order to the model's next-token distribution p:
 - temperature T: p_i ∝ p_i^(1/T); below 1 sharpens toward the likeliest tokens, above 1 flattens.
@@ -16,6 +17,12 @@ Sampling knobs, applied in this order to the model's next-token distribution p:
 The tokenizer comes from the checkpoint itself, so no data folder is needed. Every head samples from its own
 normalised distribution (model.log_probs): softmax; sigmoid's sigma_j / sum sigma; bayes's average of
 bayes_samples weight draws.
+
+A masked language model (trained with objective='mlm') does not continue text; it fills in blanks: --fill
+takes a text with one <mask> per token to fill (per character, for a character model) and replaces them one
+at a time, the mask the model is surest of first, each choice then context for the rest (GPT.fill says why
+that beats filling all of them from one pass). --greedy takes the likeliest token at each; otherwise the same
+temperature/top-k/top-p draw as above, and --num_samples gives different fillings.
 """
 
 import os
@@ -36,6 +43,7 @@ class SampleConfig:
     out_dir: str = "out-shakespeare-char"  # where train.py wrote ckpt.pt
     init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt), or GPT-2: gpt2, gpt2-medium/-large/-xl, a HF folder
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    fill: str = ""  # masked LM only: a text with <mask> tokens to fill in (or FILE:path), instead of --start
     num_samples: int = 2
     max_new_tokens: int = 500
     temperature: float = 1.0
@@ -57,6 +65,16 @@ def check(cfg):
         raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+
+
+def read_text(text):
+    """The text itself, or the contents of the file a FILE:path names."""
+    if not text.startswith("FILE:"):
+        return text
+    try:
+        return open(text[5:], encoding="utf-8").read()
+    except OSError as e:
+        raise UserError(f"cannot read the prompt file: {e}")
 
 
 def load_model(cfg, device):
@@ -90,13 +108,18 @@ def main(argv=None):
         raise UserError(f"the tokenizer of {cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from} is not "
                         f"usable ({e})") from None
     model.eval().to(device)
+    where = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+    if cfg.fill and model.config.causal:
+        raise UserError(f"--fill needs a masked language model (trained with objective='mlm'); the model in {where} "
+                        f"is causal: it continues text, give it a prompt with --start")
+    if not model.config.causal:
+        if not cfg.fill:
+            raise UserError(f"the model in {where} is a masked language model (objective='mlm'): it fills in "
+                            f"<mask> tokens instead of continuing text; use --fill \"To be, or <mask><mask><mask> "
+                            f"to be\" (one <mask> per token)")
+        return fill(model, tok, cfg, device, autocast(device, dtype))
 
-    prompt = cfg.start
-    if prompt.startswith("FILE:"):
-        try:
-            prompt = open(prompt[5:], encoding="utf-8").read()
-        except OSError as e:
-            raise UserError(f"cannot read the prompt file: {e}")
+    prompt = read_text(cfg.start)
     try:
         ids = tok.encode(prompt, allowed_special="all")
     except ValueError as e:
@@ -130,6 +153,30 @@ def main(argv=None):
         sys.stdout.flush()
     dt = time.time() - t0
     print(f"{n_tokens} tokens in {dt:.2f} s: {n_tokens / max(dt, 1e-9):.1f} tokens/s", file=sys.stderr)
+
+
+def fill(model, tok, cfg, device, ctx):
+    """--fill: print the text with every <mask> filled in, num_samples times (GPT.fill)."""
+    mask = tok.special_tokens.get("<mask>")
+    try:
+        ids = tok.encode(read_text(cfg.fill), allowed_special={"<mask>"} if mask is not None else ())
+    except ValueError as e:
+        raise UserError(f"cannot encode the --fill text: {e}")
+    if mask is None or mask not in ids:
+        raise UserError("the --fill text has no <mask>: put one where each token should be filled in")
+    if len(ids) > model.config.block_size:
+        raise UserError(f"the --fill text is {len(ids)} tokens long; the model reads at most {model.config.block_size}")
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    for k in range(cfg.num_samples):
+        with ctx:
+            out = model.fill(x, mask, mask, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy)
+        sys.stdout.write(tok.decode(out[0].tolist()) + "\n")
+        sys.stdout.write("---------------\n" if k < cfg.num_samples - 1 else "")
+        sys.stdout.flush()
+    n = cfg.num_samples * ids.count(mask)
+    print(f"{n} masks filled in {time.time() - t0:.2f} s (one forward pass each)", file=sys.stderr)
 
 
 def show_uncertainty(model, ids, n_prompt, tok, ctx, device):

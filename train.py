@@ -23,6 +23,17 @@ Under torchrun (which sets RANK, WORLD_SIZE, LOCAL_RANK) every process holds a c
 gradient_accumulation_steps / WORLD_SIZE micro-steps on its own part of each step's batch, and the gradients
 are averaged across processes before the optimizer step: the same update, on the same tokens, as one process
 running all the micro-steps (tests/test_ddp.py checks that). Only rank 0 evaluates, logs and saves.
+
+What is learned, and from what batches:
+- objective='clm' (the default): the next token at every position, with causal attention (GPT).
+  objective='mlm': a masked language model (BERT): bidirectional attention, 15% of the positions chosen, most
+  of them replaced by <mask> (mask_tokens), the loss on the chosen ones only. <mask> and <pad> are appended
+  to the data's tokenizer as special tokens (mlm_setup), so the model has 2 more ids than the data.
+- batching='packed' (the default): windows of block_size tokens at random places of the token stream,
+  documents run into each other. batching='lines': whole documents (a speech of Tiny Shakespeare, or the
+  text between <|endoftext|> tokens; line_pieces), padded on the right to the longest of each batch and
+  passed with an attention mask, so padding is never attended to and never a target. Works for both
+  objectives (clm: fine-tuning on examples of their own length).
 """
 
 import json
@@ -41,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, configure, main_guard, show
 from model import GPT, GPTConfig
+from tokenizer import from_spec
 
 
 @dataclass
@@ -58,6 +70,11 @@ class TrainConfig:
     batch_size: int = 12  # sequences per micro-step
     block_size: int = 1024  # tokens per sequence (the context length)
     gradient_accumulation_steps: int = 40  # micro-steps per optimizer step, across all processes (DDP)
+    objective: str = "clm"  # 'clm': the next token, causal attention (GPT); 'mlm': masked tokens, bidirectional
+    batching: str = "packed"  # 'packed': random block_size windows of the stream; 'lines': whole documents, padded
+    mlm_prob: float = 0.15  # mlm: each real position is chosen for the loss with this probability (BERT's 15%)
+    mlm_mask: float = 0.8  # mlm: a chosen position becomes <mask> with this probability,
+    mlm_random: float = 0.1  # ... a random token of the data's vocabulary with this one, else stays as it was
     # model
     n_layer: int = 12
     n_head: int = 12
@@ -100,7 +117,7 @@ def model_config(cfg, vocab_size):
                          n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm, mlp=cfg.mlp,
                          mlp_multiple=cfg.mlp_multiple, pos=cfg.pos, rope_theta=cfg.rope_theta, head=cfg.head,
                          bayes_prior_std=cfg.bayes_prior_std, bayes_init_std=cfg.bayes_init_std,
-                         bayes_samples=cfg.bayes_samples)
+                         bayes_samples=cfg.bayes_samples, causal=cfg.objective == "clm")
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -116,6 +133,14 @@ def check(cfg):
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or cfg.learning_rate <= 0:
         raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate > 0")
+    for key, choices in (("objective", ("clm", "mlm")), ("batching", ("packed", "lines"))):
+        if getattr(cfg, key) not in choices:
+            raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
+    if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
+        raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
+    if cfg.objective == "mlm" and (cfg.init_from in GPT.PRETRAINED or os.path.isdir(cfg.init_from)):
+        raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
+                        "or from a checkpoint trained with objective='mlm'")
 
 
 def pick_device(name):
@@ -174,13 +199,146 @@ def load_data(cfg):
     return meta, splits
 
 
-def get_batch(data, cfg, ix, device):
-    """The windows starting at ix: x = tokens [i, i+T), y = the next tokens [i+1, i+T+1)."""
-    x = torch.from_numpy(np.stack([data[i:i + cfg.block_size] for i in ix]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + cfg.block_size] for i in ix]).astype(np.int64))
-    if device.startswith("cuda"):  # pinned memory lets the copy to the GPU run asynchronously
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+def doc_ends(data, sep, chunk=1 << 24):
+    """The index just past every occurrence of the token sequence `sep` in data: one comparison per token,
+    chunk by chunk (a corpus of billions of tokens does not fit in memory as one boolean array)."""
+    n, ends = len(sep), []
+    for i in range(0, len(data), chunk):
+        a = np.asarray(data[i:i + chunk + n - 1])  # n - 1 more: a separator across the chunk's end is found
+        m = max(len(a) - n + 1, 0)  # the separator can start at a[:m]
+        hit = a[:m] == sep[0]
+        for k in range(1, n):  # ... and the rest of it follows
+            hit &= a[k:m + k] == sep[k]
+        ends.append(np.flatnonzero(hit) + i + n)
+    return np.concatenate(ends)
+
+
+def doc_pieces(data, sep, size, step):
+    """(start, length) rows (N, 2): every document of data (each ends just past a separator, which it keeps)
+    cut into consecutive pieces of at most `size` tokens, each starting `step` after the one before. Pieces of
+    fewer than 2 tokens are left out: one token alone has nothing to predict it from, or to predict."""
+    ends = doc_ends(data, sep)
+    if not len(ends) or ends[-1] != len(data):
+        ends = np.append(ends, len(data))  # the text after the last separator is a document too
+    starts = np.concatenate(([0], ends[:-1]))
+    n = 1 + np.maximum(0, -(-(ends - starts - size) // step))  # pieces per document: 1 + ceil((L - size) / step)
+    first = np.cumsum(n) - n  # the index of each document's first piece
+    s = np.repeat(starts, n) + step * (np.arange(n.sum()) - np.repeat(first, n))  # (N,) piece starts
+    length = np.minimum(size, np.repeat(ends, n) - s)
+    keep = length >= 2
+    return np.stack([s[keep], length[keep]], 1).astype(np.int64)
+
+
+def line_pieces(data, meta, objective, block_size):
+    """batching='lines': the documents of a split as (start, length) rows (doc_pieces). A document ends with
+    <|endoftext|> where the tokenizer has one (prepare_data.py writes one after every document), else with a
+    blank line, the tokens of "\\n\\n" (a speech of Tiny Shakespeare); it keeps its separator, so a causal model
+    learns to end one. A document longer than the context is cut into pieces that fit rather than truncated,
+    so no text goes unused: mlm pieces of block_size tokens; clm pieces of block_size + 1 tokens overlapping by
+    one, since a piece of L tokens makes L - 1 (input, next token) pairs: every token is predicted once."""
+    try:
+        tok = from_spec(meta["tokenizer"])
+        sep = [tok.eot_token] if tok.eot_token is not None else tok.encode("\n\n")
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"batching='lines' needs the data's tokenizer to find where documents end ({e})") from None
+    size = block_size + 1 if objective == "clm" else block_size
+    return doc_pieces(data, sep, size, block_size)
+
+
+def piece_batch(data, pieces, ix, objective, pad):
+    """Rows ix of `pieces` as one batch, padded on the right to the longest: x, y (B, L) and real (B, L), true
+    at tokens. clm: x = piece[:-1], y = piece[1:]; mlm: x = y = the piece (mask_tokens makes the targets).
+    y is -1 at padding; the pad id in x never matters (padding is never attended to), clm uses 0."""
+    rows = [np.asarray(data[s:s + n], dtype=np.int64) for s, n in pieces[ix]]
+    cut = 1 if objective == "clm" else 0
+    lengths = torch.tensor([len(r) - cut for r in rows])  # (B,)
+    L = int(lengths.max())
+    x = np.full((len(rows), L), pad, dtype=np.int64)
+    y = np.full((len(rows), L), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        x[i, :len(r) - cut], y[i, :len(r) - cut] = r[:len(r) - cut], r[cut:]
+    real = torch.arange(L)[None, :] < lengths[:, None]  # (B, L)
+    return torch.from_numpy(x), torch.from_numpy(y), real
+
+
+MLM_TOKENS = ("<mask>", "<pad>")
+
+
+def mlm_setup(meta, cfg):
+    """objective='mlm': (tokenizer spec, mlm). The spec is the data's with <mask> and <pad> appended to its
+    special tokens. Every tokenizer kind here (char, bpe, tiktoken) numbers special tokens after all others,
+    so they get the data's vocab_size n and n + 1, ids that no data token has: a <mask> in the input can only
+    come from the masking. The model's vocabulary is n + 2, and the checkpoint stores this spec, so sample.py
+    rebuilds a tokenizer that reads <mask>. mlm: the ids and the masking probabilities, for mask_tokens."""
+    spec, n = meta["tokenizer"], meta["vocab_size"]
+    have = list(spec.get("special_tokens", []))
+    if set(MLM_TOKENS) & set(have):
+        raise UserError(f"the data's tokenizer already has {' and '.join(sorted(set(MLM_TOKENS) & set(have)))}; "
+                        f"objective='mlm' adds its own: prepare the data without them")
+    mlm = {"mask": n, "pad": n + 1, "vocab": n, "prob": cfg.mlm_prob, "p_mask": cfg.mlm_mask,
+           "p_random": cfg.mlm_random}
+    return {**spec, "special_tokens": have + list(MLM_TOKENS)}, mlm
+
+
+def mask_tokens(x, real, gen, mlm):
+    """BERT's masking of token ids x (B, T), drawn from the generator gen: each real position (real (B, T),
+    or None: all) is chosen with probability mlm['prob']; a chosen one becomes <mask> with probability
+    p_mask, a random token of the data's vocabulary (never <mask> or <pad>) with p_random, else stays itself.
+    Returns (input, targets): the original token at chosen positions, -1 elsewhere, so only they count.
+    Why not <mask> everywhere: text the model is later used on has no <mask>, and inputs that may be wrong
+    or right make it check every token it reads, not only the masked ones."""
+    u, v = torch.rand(x.shape, generator=gen), torch.rand(x.shape, generator=gen)  # (B, T) each
+    noise = torch.randint(mlm["vocab"], x.shape, generator=gen)  # (B, T)
+    chosen = u < mlm["prob"] if real is None else (u < mlm["prob"]) & real
+    y = torch.where(chosen, x, -1)
+    x = torch.where(chosen & (v < mlm["p_mask"]), mlm["mask"], x)
+    x = torch.where(chosen & (v >= mlm["p_mask"]) & (v < mlm["p_mask"] + mlm["p_random"]), noise, x)
+    return x, y
+
+
+def mask_seed(cfg, *keys):
+    """The seed of one batch's masking, from the run's seed and the batch's place (step, micro-step): the
+    masks are a function of where they are used, so a resumed run and every torchrun rank draw the same ones
+    as one uninterrupted process, with no generator state to save or share."""
+    return int(np.random.SeedSequence([cfg.seed, *keys]).generate_state(1)[0])
+
+
+def to_device(t, device):
+    """t on the device (None stays None); to a GPU through pinned memory, so that the copy runs asynchronously."""
+    if t is None:
+        return None
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def get_batch(data, cfg, ix, device, pieces=None, mlm=None, seed=0):
+    """One micro-batch: x, y (B, T) and the attention mask (B, T), None when nothing is padded.
+    ix: window starts, x = tokens [i, i+T) and y = the next tokens [i+1, i+T+1) (batching='packed'), or rows
+    of `pieces` (batching='lines', piece_batch). With mlm (objective='mlm'), x is masked with the seed and y
+    holds the masked-out tokens (mask_tokens)."""
+    if pieces is None:
+        x = torch.from_numpy(np.stack([data[i:i + cfg.block_size] for i in ix]).astype(np.int64))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + cfg.block_size] for i in ix]).astype(np.int64))
+        real = None
+    else:
+        x, y, real = piece_batch(data, pieces, ix, cfg.objective, mlm["pad"] if mlm else 0)
+    if mlm is not None:
+        x, y = mask_tokens(x, real, torch.Generator().manual_seed(seed), mlm)
+    return to_device(x, device), to_device(y, device), to_device(real, device)
+
+
+def batch_rows(data, pieces, cfg):
+    """How many different rows a batch draws from: window starts, or pieces (batching='lines')."""
+    return len(data) - cfg.block_size if pieces is None else len(pieces)
+
+
+def count_tokens(rows, pieces, cfg):
+    """Input tokens of a whole step (every rank's micro-steps) drawn as `rows`: batch * block for windows, the
+    real ones for pieces (padding is not text; a clm piece of L tokens is L - 1 inputs)."""
+    if pieces is None:
+        return rows.numel() * cfg.block_size
+    return int(pieces[rows.flatten().numpy(), 1].sum()) - (rows.numel() if cfg.objective == "clm" else 0)
 
 
 # --- optimisation -----------------------------------------------------------------------------------------
@@ -273,7 +431,8 @@ def fine_tune_from(model, src, meta):
     sigma at bayes_init_std)."""
     mine = asdict(model.config)
     theirs = {**asdict(GPTConfig()), **src["model_config"]}  # a checkpoint older than a switch has its default
-    for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp", "mlp_multiple", "pos"):
+    for k in ("causal", "block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp",
+              "mlp_multiple", "pos"):
         if theirs[k] != mine[k]:
             raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={theirs[k]!r}, "
                             f"this config {mine[k]!r}")
@@ -310,21 +469,23 @@ def peak_memory_mb(device):
 
 
 @torch.no_grad()
-def estimate_loss(model, splits, cfg, device, ctx):
+def estimate_loss(model, splits, cfg, device, ctx, pieces=None, mlm=None):
     """Mean NLL of the normalised prediction (nats per token: the same measure for every head; for sigmoid it
-    is not the BCE it trains on) over eval_iters batches per split. The batches come from their own fixed seed:
-    every evaluation scores the same windows (a fair curve) and the training batch stream is left untouched."""
+    is not the BCE it trains on) over eval_iters batches per split; for mlm, of the masked-out tokens. The
+    batches (and their masks) come from their own fixed seeds: every evaluation scores the same tokens (a fair
+    curve) and the training batch stream is left untouched."""
     model.eval()
     out = {}
     for split, data in splits.items():
         gen = torch.Generator().manual_seed(cfg.seed + 1)
+        p = (pieces or {}).get(split)
         losses = []
-        for _ in range(cfg.eval_iters):
-            ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size,), generator=gen).tolist()
-            x, y = get_batch(data, cfg, ix, device)
+        for k in range(cfg.eval_iters):
+            ix = torch.randint(batch_rows(data, p, cfg), (cfg.batch_size,), generator=gen).tolist()
+            x, y, am = get_batch(data, cfg, ix, device, p, mlm, mask_seed(cfg, 1, k))
             with ctx:
-                logp = model.log_probs(x)
-            losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten()).item())
+                logp = model.log_probs(x, am)
+            losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
         out[split] = sum(losses) / len(losses)
     model.train()
     return out
@@ -399,6 +560,22 @@ def from_gpt2(cfg, mconf, meta):
     return model
 
 
+def setup_task(cfg, meta, splits):
+    """What the objective and batching add to the token files: (tokenizer spec, the model's vocab_size, mlm
+    (mlm_setup) or None, pieces: {split: document pieces} for batching='lines', else {})."""
+    spec, vocab, mlm = meta["tokenizer"], meta["vocab_size"], None
+    if cfg.objective == "mlm":
+        spec, mlm = mlm_setup(meta, cfg)
+        vocab += len(MLM_TOKENS)
+    pieces = {}
+    if cfg.batching == "lines":
+        for split, data in splits.items():
+            pieces[split] = line_pieces(data, meta, cfg.objective, cfg.block_size)
+            if not len(pieces[split]):
+                raise UserError(f"the {split} split has no document of 2 tokens or more for batching='lines'")
+    return spec, vocab, mlm, pieces
+
+
 def main(argv=None):
     t0 = time.time()
     cfg = configure(TrainConfig, argv)
@@ -423,7 +600,8 @@ def train(cfg, rank, world, device, t0):
     ctx = autocast(device, dtype)
 
     meta, splits = load_data(cfg)
-    mconf = model_config(cfg, meta["vocab_size"])
+    spec, vocab, mlm, pieces = setup_task(cfg, meta, splits)
+    mconf = model_config(cfg, vocab)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
     if cfg.init_from == "resume":
@@ -438,13 +616,14 @@ def train(cfg, rank, world, device, t0):
     else:
         model = GPT(mconf).to(device)
     if os.path.isfile(cfg.init_from):
-        fine_tune_from(model, load_checkpoint(cfg.init_from, device), meta)
+        fine_tune_from(model, load_checkpoint(cfg.init_from, device), {**meta, "tokenizer": spec})
     say(f"model: {model.num_params() / 1e6:.2f}M parameters")
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    # The batch stream: one generator, seeded alike on every rank, draws the window starts of a whole step
-    # (all ranks' micro-steps); each rank takes its own rows. Ranks see different data, together exactly what
-    # one process would, and the state to save for an exact resume is one generator's, whatever world is.
+    # The batch stream: one generator, seeded alike on every rank, draws the window starts (or document pieces)
+    # of a whole step (all ranks' micro-steps); each rank takes its own rows. Ranks see different data, together
+    # exactly what one process would, and the state to save for an exact resume is one generator's, whatever
+    # world is. The masks of objective='mlm' need no state at all: each micro-step's come from its own seed.
     gen = torch.Generator().manual_seed(cfg.seed)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks (rank 0's = one process's)
@@ -492,13 +671,14 @@ def train(cfg, rank, world, device, t0):
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     say(f"tokens per iteration: {cfg.batch_size} batch * {cfg.block_size} block * "
         f"{cfg.gradient_accumulation_steps} accum = {tokens_per_iter:,}"
-        + (f" ({world} processes x {gas} micro-steps)" if world > 1 else ""))
+        + (f" ({world} processes x {gas} micro-steps)" if world > 1 else "")
+        + (" at most (batching='lines' pads a batch to its longest piece; tok/s counts real tokens)" if pieces else ""))
     peak = peak_flops(device, dtype)
-    flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter / world  # per process
+    flops_per_tok = flops_per_token(raw_model, cfg.block_size)
     log = open(metrics_path, "a") if master else None
     start = t0 - elapsed  # time_s counts from the start of the run, across resumes
     resumed_at = iter_num if cfg.init_from == "resume" else -1
-    step_time, step_count, loss_sum = 0.0, 0, torch.zeros((), device=device)
+    step_time, step_count, step_tokens, loss_sum = 0.0, 0, 0, torch.zeros((), device=device)
 
     def write(record):
         if master:
@@ -518,7 +698,7 @@ def train(cfg, rank, world, device, t0):
                 dist.all_gather_object(states, (torch.get_rng_state(), torch.cuda.get_rng_state(device)
                                                 if device.startswith("cuda") else None))
             if master:
-                losses = estimate_loss(eval_model, splits, cfg, device, ctx)
+                losses = estimate_loss(eval_model, splits, cfg, device, ctx, pieces, mlm)
                 t = time.time() - start
                 say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
                 write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
@@ -533,20 +713,24 @@ def train(cfg, rank, world, device, t0):
                         "elapsed": time.time() - start,
                         "rng": {"batch": gen.get_state(), "torch": [s[0].cpu() for s in states],
                                 "cuda": [None if s[1] is None else s[1].cpu() for s in states]},
-                        "tokenizer": meta["tokenizer"], "version": 1})
+                        "tokenizer": spec, "version": 1})
         if iter_num >= cfg.max_iters:
             break
 
         t_step = time.time()
-        # window starts for every micro-step of every rank; this rank's are rows rank*gas .. rank*gas+gas-1
-        starts = torch.randint(len(splits["train"]) - cfg.block_size, (world * gas, cfg.batch_size), generator=gen)
+        # window starts (or pieces) for every micro-step of every rank; this rank's are rows rank*gas .. +gas-1
+        starts = torch.randint(batch_rows(splits["train"], pieces.get("train"), cfg), (world * gas, cfg.batch_size),
+                               generator=gen)
+        step_tokens += count_tokens(starts, pieces.get("train"), cfg)
         for micro in range(gas):
-            x, y = get_batch(splits["train"], cfg, starts[rank * gas + micro].tolist(), device)
+            m = rank * gas + micro  # the micro-step's place in the whole step: its rows and its masking seed
+            x, y, am = get_batch(splits["train"], cfg, starts[m].tolist(), device, pieces.get("train"), mlm,
+                                 mask_seed(cfg, 0, iter_num, m))
             # DDP averages gradients across ranks during backward; only the last micro-step needs it
             sync = nullcontext() if world == 1 or micro == gas - 1 else model.no_sync()
             with sync:
                 with ctx:
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, am)
                     loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
                 loss_sum += loss.detach()
                 if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
@@ -567,15 +751,15 @@ def train(cfg, rank, world, device, t0):
             loss_value = loss_sum.item()  # .item() waits for the GPU: only once per log line
             step_time += time.time() - t_step
             step_count += 1
-            dt = step_time / step_count
-            mfu = flops_per_iter / dt / peak if peak else None
+            dt, tps = step_time / step_count, step_tokens / max(step_time, 1e-9)
+            mfu = flops_per_tok * tps / world / peak if peak else None  # FLOP/s per process over its peak
             say(f"iter {iter_num}: loss {loss_value:.4f}, {dt * 1000:.0f} ms/iter, "
-                f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
+                f"{tps:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
             write({"iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                   "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "time_s": time.time() - start,
+                   "tokens_per_s": tps, "mfu": mfu, "time_s": time.time() - start,
                    "peak_mem_mb": peak_memory_mb(device)}
                   | ({"kl": kl.item()} if cfg.head == "bayes" else {}))
-            step_time, step_count = 0.0, 0
+            step_time, step_count, step_tokens = 0.0, 0, 0
         else:
             step_time += time.time() - t_step
             step_count += 1
