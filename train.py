@@ -124,6 +124,9 @@ def model_config(cfg, vocab_size):
 
 def check(cfg):
     """Refuse settings that cannot work, before any time is spent."""
+    if os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):  # a run folder of ours, not a HuggingFace one
+        raise UserError(f"init_from={cfg.init_from} is a training run's folder: pass {cfg.init_from}/ckpt.pt to "
+                        f"start a new run from its weights, or --out_dir={cfg.init_from} --init_from=resume to continue it")
     if not (cfg.init_from in ("scratch", "resume", *GPT.PRETRAINED) or os.path.exists(cfg.init_from)):
         raise UserError(f"init_from must be 'scratch', 'resume', a ckpt.pt file, {', '.join(GPT.PRETRAINED)} or a "
                         f"HuggingFace GPT-2 folder; {cfg.init_from!r} is none of these")

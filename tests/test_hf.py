@@ -125,6 +125,8 @@ def test_fine_tune_from_a_hf_folder_and_export_from_the_command_line(data_dir, t
     # the shape must be stated in the config (it is what a resume is checked against)
     with pytest.raises(UserError, match="n_layer=2.*set the same in the config"):
         train.main([*args, "--n_layer=3", f"--out_dir={tmp_path / 'x'}", f"--init_from={tmp_path / 'hf'}"])
+    with pytest.raises(UserError, match="training run's folder: pass"):  # ours, not a HuggingFace folder
+        train.main([*args, f"--out_dir={tmp_path / 'y'}", f"--init_from={out}"])
     # command-line export of the fine-tuned checkpoint, loaded back by transformers
     r = run_script("model.py", "export", out, str(tmp_path / "exported"))
     assert r.returncode == 0, r.stderr
