@@ -20,8 +20,10 @@ a HuggingFace dataset keeps its own validation split (--val_split) or gives a ra
 documents to it. A BPE tokenizer is trained on the training split only: validation text stays text the whole
 pipeline has never seen.
 
-Every file is written to a temporary name and renamed into place when complete, meta.json last: an
-interrupted run leaves the previous files, never a half-written one.
+Every file is written to a temporary name and renamed into place when complete. meta.json, which says
+that the token files belong together, is removed before the renames and put back last: a run killed while
+writing leaves the previous files as they were; one killed between the renames leaves no meta.json, and
+train.py asks for prepare_data.py to be run again instead of reading a mix of old and new files.
 """
 
 import argparse
@@ -34,6 +36,7 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
+from configurator import fault_point
 from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -79,6 +82,7 @@ def write_tokens(path, docs, encode, eot, dtype):
                 np.array(ids, dtype=dtype).tofile(f)
                 n += len(ids)
                 bar.update(len(chunk))
+                fault_point("prepare_write")  # tests/test_faults.py kills the process here
             if whole and eot is not None:
                 np.array([eot], dtype=dtype).tofile(f)
                 n += 1
@@ -134,9 +138,12 @@ def finish(out, tok, dtype, train, val, extra):
                 f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
         f.flush()
         os.fsync(f.fileno())
-    # meta.json goes last: train.py checks the .bin sizes against it, so a crash between the renames
-    # is caught as a mismatch instead of silently training on mixed data
+    # no meta.json while the .bin files change: a crash between the renames would otherwise leave the old
+    # meta.json over a new train.bin and an old val.bin, caught by train.py only if their sizes happen to differ
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.remove(os.path.join(out, "meta.json"))
     os.replace(tmp_train, os.path.join(out, "train.bin"))
+    fault_point("prepare_rename")  # tests/test_faults.py kills the process here
     os.replace(tmp_val, os.path.join(out, "val.bin"))
     if isinstance(tok, BPETokenizer):  # a copy for `tokenizer.py encode`; meta.json holds the same, training reads that
         tok.save(os.path.join(out, "tokenizer.json"))
