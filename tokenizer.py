@@ -35,9 +35,10 @@ import itertools
 import json
 import os
 import re
-import sys
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
+
+from configurator import UserError, main_guard
 
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
@@ -620,11 +621,8 @@ def main(argv=None):
             print("pieces:", " | ".join(repr(tok.decode([i])) if i >= len(tok.vocab) else
                                         repr(BPETokenizer._show(tok.vocab[i])) for i in ids))
     except (ValueError, OSError) as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    main_guard(main)

@@ -39,6 +39,8 @@ What is learned, and from what batches:
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import sys
 import time
@@ -183,28 +185,33 @@ def load_data(cfg):
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        dtype = np.dtype(meta["dtype"])
-        splits = {}
-        for split in ("train", "val"):
-            path = os.path.join(folder, f"{split}.bin")
-            n = os.path.getsize(path) // dtype.itemsize
-            if n != meta[f"{split}_tokens"]:
-                raise UserError(f"{path} holds {n} tokens but meta.json says {meta[f'{split}_tokens']}: the "
-                                f"files are from different runs; rerun prepare_data.py")
-            if n <= cfg.block_size:
-                raise UserError(f"{path} has {n} tokens, fewer than block_size+1 ({cfg.block_size + 1}): "
-                                f"use more text or a smaller block_size")
-            splits[split] = np.memmap(path, dtype=dtype, mode="r")
-            check_ids(splits[split], meta["vocab_size"], path)
+        splits = {split: open_split(folder, meta, split) for split in ("train", "val")}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the data in {folder}/ ({type(e).__name__}: {e}); rerun prepare_data.py")
+    for split, data in splits.items():
+        if len(data) <= cfg.block_size:
+            raise UserError(f"{folder}/{split}.bin has {len(data)} tokens, fewer than block_size+1 "
+                            f"({cfg.block_size + 1}): use more text or a smaller block_size")
     return meta, splits
+
+
+def open_split(folder, meta, split):
+    """Memory-map folder/split.bin, refusing one that does not match meta.json (train.py, evaluate.py)."""
+    path = os.path.join(folder, f"{split}.bin")
+    dtype = np.dtype(meta["dtype"])
+    n = os.path.getsize(path) // dtype.itemsize
+    if n != meta[f"{split}_tokens"]:
+        raise UserError(f"{path} holds {n} tokens but meta.json says {meta[f'{split}_tokens']}: the "
+                        f"files are from different runs; rerun prepare_data.py")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    check_ids(data, meta["vocab_size"], path)
+    return data
 
 
 def check_ids(data, vocab_size, path, chunk=1 << 26):
     """Refuse a token file holding an id the vocabulary lacks (a corrupt file, or one from another tokenizer):
     it would index past the embedding table, a crash on CPU and a device-side assert on a GPU. One pass over
-    the file, 64M tokens at a time, before any time is spent training."""
+    the file, 64M tokens at a time, before any time is spent."""
     for i in range(0, len(data), chunk):
         top = int(data[i:i + chunk].max())
         if top >= vocab_size:
@@ -441,8 +448,15 @@ def load_checkpoint(path, device="cpu"):
         raise UserError(f"no checkpoint at {path}; train one first (python train.py config/...)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met something that is not a tensor or a plain value
+        what = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
+        raise UserError(f"{path} is not a readable checkpoint: it holds Python objects beyond tensors and plain "
+                        f"values ({what.group(0) if what else 'UnpicklingError'}), and loading those could run "
+                        f"code; refused") from None
     except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path} is not a readable checkpoint: truncated, or not a torch file "
+                        f"({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/model_config/tokenizer)")
     return ckpt
