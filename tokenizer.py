@@ -615,7 +615,10 @@ def main(argv=None):
                   f"{len(tok.special_tokens)} special{note}, in {time.perf_counter() - t0:.2f} s")
         else:
             tok = BPETokenizer.load(args.tokenizer)
-            ids = tok.encode(args.text, allowed_special="all" if args.allow_special else ())
+            try:
+                ids = tok.encode(args.text, allowed_special="all" if args.allow_special else ())
+            except ValueError as err:  # a special token in the text: the message names encode()'s arguments
+                raise UserError(f"{str(err).split(';')[0]}: add --allow_special to encode it as one") from None
             print(f"{len(args.text)} characters -> {len(ids)} tokens")
             print("ids:   ", ids)
             print("pieces:", " | ".join(repr(tok.decode([i])) if i >= len(tok.vocab) else
