@@ -807,7 +807,9 @@ def train(cfg, rank, world, device, t0, got_signal=None):
                 say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
                 write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
                        "time_s": t})
-                if not all(map(math.isfinite, losses.values())):  # never overwrite a good checkpoint with this
+                # never overwrite a good checkpoint with this. Rank 0 alone knows: under torchrun the others
+                # are stopped by torchrun when it exits (the training step's check keeps them in step otherwise)
+                if not all(map(math.isfinite, losses.values())):
                     raise UserError(f"the evaluated loss is not finite at iteration {iter_num}; not saved: "
                                     f"{ckpt_path} still holds iteration {saved_at}")
                 improved = losses["val"] < best_val_loss
