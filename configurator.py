@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import os
 import sys
+import time
 import types
 import typing
 
@@ -34,6 +35,15 @@ def main_guard(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def fault_point(name):
+    """A test hook, not a feature: with NANOGPT_TEST_PAUSE=name in the environment the process says
+    `paused at name` on stderr and sleeps, so that tests/test_faults.py can kill -9 it at exactly this place
+    (mid checkpoint write, between prepare_data.py's renames). Unset, it costs one dictionary lookup."""
+    if os.environ.get("NANOGPT_TEST_PAUSE") == name:
+        print(f"paused at {name}", file=sys.stderr, flush=True)
+        time.sleep(600)
 
 
 def _allowed_types(hint):

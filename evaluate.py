@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from configurator import UserError, configure, main_guard
 from train import (MLM_TOKENS, TrainConfig, autocast, build_model, line_pieces, load_checkpoint, mask_tokens,
-                   mlm_setup, pick_device, pick_dtype, piece_batch)
+                   mlm_setup, open_split, pick_device, pick_dtype, piece_batch)
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -239,8 +239,8 @@ def run(cfg):
     try:
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
-        data = np.memmap(os.path.join(folder, f"{cfg.split}.bin"), dtype=meta["dtype"], mode="r")
-    except (OSError, ValueError, KeyError) as e:
+        data = open_split(folder, meta, cfg.split)  # its size checked against meta.json, its ids against the vocabulary
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the {cfg.split} split in {folder}/ ({e}); pass --data_dir") from None
     mlm = mlm_setup(meta, tc)[1] if tc.objective == "mlm" else None
     vocab = meta["vocab_size"] + (len(MLM_TOKENS) if mlm else 0)  # mlm: <mask> and <pad> come on top

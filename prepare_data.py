@@ -20,39 +20,50 @@ a HuggingFace dataset keeps its own validation split (--val_split) or gives a ra
 documents to it. A BPE tokenizer is trained on the training split only: validation text stays text the whole
 pipeline has never seen.
 
-Every file is written to a temporary name and renamed into place when complete, meta.json last: an
-interrupted run leaves the previous files, never a half-written one.
+Every file is written to a temporary name and renamed into place when complete. meta.json, which says
+that the token files belong together, is removed before the renames and put back last: a run killed while
+writing leaves the previous files as they were; one killed between the renames leaves no meta.json, and
+train.py asks for prepare_data.py to be run again instead of reading a mix of old and new files.
 """
 
 import argparse
+import contextlib
+import glob
 import json
 import os
 import re
-import sys
 import urllib.request
 
 import numpy as np
 from tqdm import tqdm
 
+from configurator import UserError, fault_point, main_guard
 from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # a known dataset: (source URL, default tokenizer)
 DATASETS = {"shakespeare_char": (SHAKESPEARE_URL, "char"), "shakespeare": (SHAKESPEARE_URL, "gpt2")}
 CHUNK = 1 << 20  # characters encoded at a time: bounds memory, drives the progress bar
+MAX_DOWNLOAD = 200_000_000  # bytes: a text corpus fetched by URL here is megabytes; refuse anything absurd
 
 
 def download(url):
+    """The text at an https URL (plain http could be altered on the way), at most MAX_DOWNLOAD bytes."""
+    if not url.startswith("https://"):
+        raise UserError(f"refusing to download {url}: only https:// URLs")
     print(f"downloading {url}")
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
-            data = r.read(200_000_000 + 1)  # a text corpus here is megabytes; refuse anything absurd
+            data = r.read(MAX_DOWNLOAD + 1)  # one byte more than allowed: enough to know it is too big
     except OSError as e:
-        raise SystemExit(f"error: could not download {url} ({e}); if this machine is offline, download the "
-                         f"file elsewhere and pass it with --input PATH")
-    if len(data) > 200_000_000:
-        raise SystemExit(f"error: {url} is larger than 200 MB; download it yourself and pass --input")
-    return data.decode("utf-8")
+        raise UserError(f"could not download {url} ({e}); if this machine is offline, download the "
+                        f"file elsewhere and pass it with --input PATH") from None
+    if len(data) > MAX_DOWNLOAD:
+        raise UserError(f"{url} is larger than {MAX_DOWNLOAD:,} bytes; download it yourself and pass --input")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{url} is not UTF-8 text") from None
 
 
 def read_input(path):
@@ -60,7 +71,7 @@ def read_input(path):
     try:
         return list(read_texts(text_files(path)))
     except ValueError as e:
-        raise SystemExit(f"error: --input {e}" if "exist" in str(e) else f"error: {e}")
+        raise UserError(f"--input {e}" if "exist" in str(e) else str(e)) from None
 
 
 def write_tokens(path, docs, encode, eot, dtype):
@@ -79,6 +90,7 @@ def write_tokens(path, docs, encode, eot, dtype):
                 np.array(ids, dtype=dtype).tofile(f)
                 n += len(ids)
                 bar.update(len(chunk))
+                fault_point("prepare_write")  # tests/test_faults.py kills the process here
             if whole and eot is not None:
                 np.array([eot], dtype=dtype).tofile(f)
                 n += 1
@@ -126,7 +138,7 @@ def finish(out, tok, dtype, train, val, extra):
     """Write meta.json and move the finished temp files into place, meta.json last. train, val: (temp, tokens)."""
     (tmp_train, n_train), (tmp_val, n_val) = train, val
     if n_train == 0 or n_val == 0:
-        raise SystemExit(f"error: the {'training' if n_train == 0 else 'validation'} split has no tokens")
+        raise UserError(f"the {'training' if n_train == 0 else 'validation'} split has no tokens")
     meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
             "val_tokens": n_val, **extra, "tokenizer": tok.to_spec()}
     with open(os.path.join(out, "meta.json.tmp"), "w") as f:  # one key per line; the tokenizer spec on one line
@@ -134,9 +146,12 @@ def finish(out, tok, dtype, train, val, extra):
                 f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
         f.flush()
         os.fsync(f.fileno())
-    # meta.json goes last: train.py checks the .bin sizes against it, so a crash between the renames
-    # is caught as a mismatch instead of silently training on mixed data
+    # no meta.json while the .bin files change: a crash between the renames would otherwise leave the old
+    # meta.json over a new train.bin and an old val.bin, caught by train.py only if their sizes happen to differ
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.remove(os.path.join(out, "meta.json"))
     os.replace(tmp_train, os.path.join(out, "train.bin"))
+    fault_point("prepare_rename")  # tests/test_faults.py kills the process here
     os.replace(tmp_val, os.path.join(out, "val.bin"))
     if isinstance(tok, BPETokenizer):  # a copy for `tokenizer.py encode`; meta.json holds the same, training reads that
         tok.save(os.path.join(out, "tokenizer.json"))
@@ -170,7 +185,7 @@ def load_hf(dataset, config=None, split="train", data_files=None, num_proc=None)
                 "~/.cache/huggingface), or give local files (--dataset parquet --data_files 'dir/*.parquet')"
                 if isinstance(e, OSError) or "connect" in str(e).lower() or "offline" in str(e).lower() else "")
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise SystemExit(f"error: could not load the dataset {dataset!r} ({type(e).__name__}: {msg}){hint}")
+        raise UserError(f"could not load the dataset {dataset!r} ({type(e).__name__}: {msg}){hint}")
 
 
 def hf_splits(args):
@@ -181,13 +196,13 @@ def hf_splits(args):
         print(f"warning: OpenWebText has {OPENWEBTEXT_DOCS:,} documents, this copy {len(ds):,} (a partial "
               f"Parquet export?)")
     if args.text_field not in ds.column_names:
-        raise SystemExit(f"error: the dataset has no column {args.text_field!r}; its columns are "
-                         f"{', '.join(ds.column_names)}: choose one with --text_field")
+        raise UserError(f"the dataset has no column {args.text_field!r}; its columns are "
+                        f"{', '.join(ds.column_names)}: choose one with --text_field")
     if args.val_split:
         val = load_hf(name, args.config, args.val_split, args.data_files, args.num_proc)
         return ds, val
     if len(ds) < 2:
-        raise SystemExit("error: the dataset has fewer than 2 documents: nothing to hold out for validation")
+        raise UserError("the dataset has fewer than 2 documents: nothing to hold out for validation")
     n_val = min(len(ds) - 1, max(1, round(args.val_fraction * len(ds))))
     parts = ds.train_test_split(test_size=n_val, seed=2357, shuffle=True)  # fixed seed: the same split every time
     return parts["train"], parts["test"]
@@ -267,10 +282,10 @@ def main(argv=None):
 
     kind = args.tokenizer or ("char" if args.dataset in ("shakespeare_char", "text") else "gpt2")
     if (kind == "bpe") != (args.vocab_size is not None):
-        raise SystemExit("error: --vocab_size goes with --tokenizer bpe, and --tokenizer bpe needs it")
+        raise UserError("--vocab_size goes with --tokenizer bpe, and --tokenizer bpe needs it")
     if kind == "bpe" and args.vocab_size < 257:
-        raise SystemExit(f"error: --vocab_size {args.vocab_size} is too small: 256 byte tokens + <|endoftext|> "
-                         f"come first")
+        raise UserError(f"--vocab_size {args.vocab_size} is too small: 256 byte tokens + <|endoftext|> "
+                        f"come first")
     if args.dataset in ("openwebtext", "hf"):
         return main_hf(args, kind)
     if args.dataset == "text":
@@ -282,7 +297,7 @@ def main(argv=None):
     texts = read_input(args.input) if args.input else [download(url)]
     source = os.path.abspath(args.input) if args.input else url
     if sum(len(t) for t in texts) == 0:
-        raise SystemExit("error: the input text is empty")
+        raise UserError("the input text is empty")
     name = args.name or (args.dataset if kind == default_tok else f"{args.dataset}_{kind}")
     try:
         if kind == "char":
@@ -292,27 +307,28 @@ def main(argv=None):
         else:
             tok = TiktokenTokenizer(kind)
     except OSError as e:
-        raise SystemExit(f"error: {e}")
-    report(prepare(name, texts, tok, source, args.out_root), args.out_root, name)
+        raise UserError(str(e)) from None
+    with write_errors(args.out_root, name):
+        report(prepare(name, texts, tok, source, args.out_root), args.out_root, name)
 
 
 def main_hf(args, kind):
     if args.dataset == "hf" and not args.hf_dataset:
-        raise SystemExit("error: hf needs --dataset NAME (a hub dataset, a local folder, or parquet/json/csv/text "
-                         "with --data_files)")
+        raise UserError("hf needs --dataset NAME (a hub dataset, a local folder, or parquet/json/csv/text "
+                        "with --data_files)")
     if args.data_files and args.hf_dataset not in LOCAL_BUILDERS:
-        raise SystemExit(f"error: --data_files goes with --dataset {'/'.join(LOCAL_BUILDERS)}")
+        raise UserError(f"--data_files goes with --dataset {'/'.join(LOCAL_BUILDERS)}")
     if args.hf_dataset in LOCAL_BUILDERS and not (args.data_files and args.name):
-        raise SystemExit(f"error: --dataset {args.hf_dataset} reads local files: give --data_files and --name")
+        raise UserError(f"--dataset {args.hf_dataset} reads local files: give --data_files and --name")
     if not 0 < args.val_fraction < 1 or args.num_proc < 1:
-        raise SystemExit("error: --val_fraction must be in (0, 1) and --num_proc >= 1")
+        raise UserError("--val_fraction must be in (0, 1) and --num_proc >= 1")
     base = "openwebtext" if args.dataset == "openwebtext" else re.sub(
         r"[^\w.-]", "_", args.hf_dataset.rstrip("/").split("/")[-1] + (f"_{args.config}" if args.config else ""))
     name = args.name or (base if kind == "gpt2" else f"{base}_{kind}")
     try:  # before any download: a missing tiktoken vocabulary is the quicker failure
         tok = TiktokenTokenizer(kind) if kind in TIKTOKEN_NAMES else None
     except OSError as e:
-        raise SystemExit(f"error: {e}")
+        raise UserError(str(e)) from None
     train, val = hf_splits(args)
     if kind == "bpe":
         tok = lambda texts: BPETokenizer.train(texts, args.vocab_size)  # noqa: E731
@@ -326,8 +342,23 @@ def main_hf(args, kind):
               + (f" config={args.config}" if args.config else "") + f" split={args.split}"
               + (f" val_split={args.val_split}" if args.val_split else f" val_fraction={args.val_fraction}")
               + (f" data_files={' '.join(os.path.abspath(f) for f in args.data_files)}" if args.data_files else ""))
-    report(prepare_hf(name, train, val, tok, args.text_field, source, args.out_root, args.num_proc),
-           args.out_root, name)
+    with write_errors(args.out_root, name):
+        report(prepare_hf(name, train, val, tok, args.text_field, source, args.out_root, args.num_proc),
+               args.out_root, name)
+
+
+@contextlib.contextmanager
+def write_errors(out_root, name):
+    """A full disk or a read-only folder: a message, the temp files removed, the previous files as they were
+    (unless it struck between the renames: then no meta.json, and train.py asks for this to be rerun)."""
+    try:
+        yield
+    except OSError as e:
+        folder = os.path.join(out_root, name)
+        for f in glob.glob(os.path.join(folder, "*.tmp")):
+            os.remove(f)
+        raise UserError(f"cannot write to {folder}/ ({e.strerror or e}): free some space or choose another "
+                        f"--out_root") from None
 
 
 def report(meta, out_root, name):
@@ -336,7 +367,4 @@ def report(meta, out_root, name):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    main_guard(main)

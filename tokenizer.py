@@ -35,9 +35,10 @@ import itertools
 import json
 import os
 import re
-import sys
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
+
+from configurator import UserError, main_guard
 
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
@@ -614,17 +615,17 @@ def main(argv=None):
                   f"{len(tok.special_tokens)} special{note}, in {time.perf_counter() - t0:.2f} s")
         else:
             tok = BPETokenizer.load(args.tokenizer)
-            ids = tok.encode(args.text, allowed_special="all" if args.allow_special else ())
+            try:
+                ids = tok.encode(args.text, allowed_special="all" if args.allow_special else ())
+            except ValueError as err:  # a special token in the text: the message names encode()'s arguments
+                raise UserError(f"{str(err).split(';')[0]}: add --allow_special to encode it as one") from None
             print(f"{len(args.text)} characters -> {len(ids)} tokens")
             print("ids:   ", ids)
             print("pieces:", " | ".join(repr(tok.decode([i])) if i >= len(tok.vocab) else
                                         repr(BPETokenizer._show(tok.vocab[i])) for i in ids))
     except (ValueError, OSError) as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    main_guard(main)

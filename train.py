@@ -39,6 +39,9 @@ What is learned, and from what batches:
 import json
 import math
 import os
+import pickle
+import re
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -50,7 +53,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError, configure, main_guard, show
+from configurator import UserError, configure, fault_point, main_guard, show
 from model import GPT, GPTConfig
 from tokenizer import from_spec
 
@@ -185,21 +188,39 @@ def load_data(cfg):
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        dtype = np.dtype(meta["dtype"])
-        splits = {}
-        for split in ("train", "val"):
-            path = os.path.join(folder, f"{split}.bin")
-            n = os.path.getsize(path) // dtype.itemsize
-            if n != meta[f"{split}_tokens"]:
-                raise UserError(f"{path} holds {n} tokens but meta.json says {meta[f'{split}_tokens']}: the "
-                                f"files are from different runs; rerun prepare_data.py")
-            if n <= cfg.block_size:
-                raise UserError(f"{path} has {n} tokens, fewer than block_size+1 ({cfg.block_size + 1}): "
-                                f"use more text or a smaller block_size")
-            splits[split] = np.memmap(path, dtype=dtype, mode="r")
+        splits = {split: open_split(folder, meta, split) for split in ("train", "val")}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the data in {folder}/ ({type(e).__name__}: {e}); rerun prepare_data.py")
+    for split, data in splits.items():
+        if len(data) <= cfg.block_size:
+            raise UserError(f"{folder}/{split}.bin has {len(data)} tokens, fewer than block_size+1 "
+                            f"({cfg.block_size + 1}): use more text or a smaller block_size")
     return meta, splits
+
+
+def open_split(folder, meta, split):
+    """Memory-map folder/split.bin, refusing one that does not match meta.json (train.py, evaluate.py)."""
+    path = os.path.join(folder, f"{split}.bin")
+    dtype = np.dtype(meta["dtype"])
+    n = os.path.getsize(path) // dtype.itemsize
+    if n != meta[f"{split}_tokens"]:
+        raise UserError(f"{path} holds {n} tokens but meta.json says {meta[f'{split}_tokens']}: the "
+                        f"files are from different runs; rerun prepare_data.py")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    check_ids(data, meta["vocab_size"], path)
+    return data
+
+
+def check_ids(data, vocab_size, path, chunk=1 << 26):
+    """Refuse a token file holding an id the vocabulary lacks (a corrupt file, or one from another tokenizer):
+    it would index past the embedding table, a crash on CPU and a device-side assert on a GPU. One pass over
+    the file, 64M tokens at a time, before any time is spent."""
+    for i in range(0, len(data), chunk):
+        top = int(data[i:i + chunk].max())
+        if top >= vocab_size:
+            at = i + int(np.argmax(np.asarray(data[i:i + chunk]) >= vocab_size))
+            raise UserError(f"{path} holds token id {int(data[at])} at position {at}, but meta.json's vocab_size is "
+                            f"{vocab_size}: the file is corrupt or from another tokenizer; rerun prepare_data.py")
 
 
 def doc_ends(data, sep, chunk=1 << 24):
@@ -405,13 +426,23 @@ def flops_per_token(model, block_size):
 # --- checkpoints ------------------------------------------------------------------------------------------
 
 def save_checkpoint(path, ckpt):
-    """Write to a temp file, fsync, rename: a crash mid-write leaves the previous checkpoint intact."""
+    """Write to a temp file, fsync, rename: a crash mid-write leaves the previous checkpoint intact, and so does
+    a full disk or a read-only folder, which end the run with a message instead (the temp file removed)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            fault_point("checkpoint")  # tests/test_faults.py kills the process here, mid-write
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise UserError(f"cannot write the checkpoint {path} ({e.strerror or e}); the previous one, if any, is "
+                        f"untouched: free some space or choose another out_dir, then resume") from None
 
 
 def load_checkpoint(path, device="cpu"):
@@ -420,8 +451,15 @@ def load_checkpoint(path, device="cpu"):
         raise UserError(f"no checkpoint at {path}; train one first (python train.py config/...)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met something that is not a tensor or a plain value
+        what = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
+        raise UserError(f"{path} is not a readable checkpoint: it holds Python objects beyond tensors and plain "
+                        f"values ({what.group(0) if what else 'UnpicklingError'}), and loading those could run "
+                        f"code; refused") from None
     except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path} is not a readable checkpoint: truncated, or not a torch file "
+                        f"({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/model_config/tokenizer)")
     return ckpt
@@ -459,6 +497,33 @@ def build_model(ckpt, where):
                         f"{str(e)[:200]})") from None
 
 
+def open_log(path, resume_at):
+    """metrics.jsonl, to append to; its folder made. A new run (resume_at None) starts it afresh. A resumed one
+    forgets what the interrupted run logged after the checkpoint (the evaluation at it stays), and a torn last
+    line from a kill -9 mid-write; rewritten atomically, so a kill here leaves the old log. A folder that cannot
+    be written is found now, not at the first checkpoint."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if resume_at is None and os.path.exists(path):
+            os.remove(path)
+        elif resume_at is not None and os.path.exists(path):
+            keep = []
+            for line in open(path):
+                try:
+                    r = json.loads(line)
+                    if r["iter"] < resume_at or (r["iter"] == resume_at and "val_loss" in r):
+                        keep.append(line.rstrip("\n") + "\n")
+                except (ValueError, TypeError, KeyError):
+                    continue  # a line torn by a kill, or not ours: not a record
+            with open(path + ".tmp", "w") as f:
+                f.writelines(keep)
+            os.replace(path + ".tmp", path)
+        return open(path, "a")
+    except OSError as e:
+        raise UserError(f"cannot write to {os.path.dirname(path) or '.'} ({e.strerror or e}): choose another "
+                        f"out_dir") from None
+
+
 def peak_memory_mb(device):
     """Peak memory so far: the GPU's allocated tensors on CUDA, else the process's max RSS (Python and torch
     included, ~300 MB of it before any tensor)."""
@@ -476,20 +541,23 @@ def estimate_loss(model, splits, cfg, device, ctx, pieces=None, mlm=None):
     """Mean NLL of the normalised prediction (nats per token: the same measure for every head; for sigmoid it
     is not the BCE it trains on) over eval_iters batches per split; for mlm, of the masked-out tokens. The
     batches (and their masks) come from their own fixed seeds: every evaluation scores the same tokens (a fair
-    curve) and the training batch stream is left untouched."""
+    curve) and the training batch stream is left untouched. The bayes head's weight draws come from a forked
+    copy of the global RNG, so evaluating leaves the training RNG (dropout, the bayes loss's draws) where it
+    was: a resumed run, which skips the evaluation it resumes at, then draws what the uninterrupted run drew."""
     model.eval()
     out = {}
-    for split, data in splits.items():
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        p = (pieces or {}).get(split)
-        losses = []
-        for k in range(cfg.eval_iters):
-            ix = torch.randint(batch_rows(data, p, cfg), (cfg.batch_size,), generator=gen).tolist()
-            x, y, am = get_batch(data, cfg, ix, device, p, mlm, mask_seed(cfg, 1, k))
-            with ctx:
-                logp = model.log_probs(x, am)
-            losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
-        out[split] = sum(losses) / len(losses)
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
+        for split, data in splits.items():
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            p = (pieces or {}).get(split)
+            losses = []
+            for k in range(cfg.eval_iters):
+                ix = torch.randint(batch_rows(data, p, cfg), (cfg.batch_size,), generator=gen).tolist()
+                x, y, am = get_batch(data, cfg, ix, device, p, mlm, mask_seed(cfg, 1, k))
+                with ctx:
+                    logp = model.log_probs(x, am)
+                losses.append(F.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
+            out[split] = sum(losses) / len(losses)
     model.train()
     return out
 
@@ -584,15 +652,40 @@ def main(argv=None):
     cfg = configure(TrainConfig, argv)
     check(cfg)
     rank, world, device = setup_ddp(cfg)
+    got_signal, restore_signals = catch_signals(world)
     try:
-        train(cfg, rank, world, device, t0)
+        train(cfg, rank, world, device, t0, got_signal)
     finally:
+        restore_signals()
         if world > 1:
             dist.destroy_process_group()  # also on errors: no process left waiting on the others
 
 
-def train(cfg, rank, world, device, t0):
+def catch_signals(world):
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler taking the machine back; torchrun passing either on) only
+    note the signal in the returned dict; the loop acts on it at the next step boundary, where all ranks agree,
+    and saves a checkpoint at that iteration. Saving inside the handler could catch the optimizer step or a
+    collective half done. A second signal stops one process at once (KeyboardInterrupt, the checkpoint on
+    disk intact); under torchrun it is ignored, since a terminal's Ctrl-C reaches each worker twice, from the
+    terminal and from torchrun (which SIGKILLs workers still running 30 s later). Returns (dict, restore)."""
+    got = {}
+
+    def handler(signum, frame):
+        if "signum" in got and world == 1:
+            raise KeyboardInterrupt
+        if "signum" not in got:
+            got["signum"] = signum
+            if world == 1:
+                print(f"{signal.Signals(signum).name}: saving a checkpoint after this iteration, then stopping "
+                      f"(again to stop at once)", file=sys.stderr, flush=True)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return got, lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def train(cfg, rank, world, device, t0, got_signal=None):
     master = rank == 0  # rank 0 alone prints, evaluates and writes files
+    got_signal = {} if got_signal is None else got_signal  # catch_signals fills it in main()
     say = print if master else (lambda *a, **k: None)
     dtype = pick_dtype(cfg.dtype, device)
     say(show(cfg))
@@ -632,8 +725,6 @@ def train(cfg, rank, world, device, t0):
         torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks (rank 0's = one process's)
     iter_num, best_val_loss, elapsed = 0, float("inf"), 0.0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -651,17 +742,9 @@ def train(cfg, rank, world, device, t0):
         elif cfg.dropout > 0:
             say(f"note: the checkpoint was written by {len(torch_states)} processes, this run has {world}: "
                 f"batches continue exactly, dropout masks from fresh seeds")
-        # forget the log of anything the interrupted run did after this checkpoint (its evaluation stays)
-        if master and os.path.exists(metrics_path):
-            rows = [(line, json.loads(line)) for line in open(metrics_path)]
-            keep = [line for line, r in rows
-                    if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
-            with open(metrics_path, "w") as f:
-                f.writelines(keep)
         say(f"resuming from {ckpt_path} at iter {iter_num}")
         del ckpt
-    elif master and os.path.exists(metrics_path):
-        os.remove(metrics_path)
+    log = open_log(metrics_path, iter_num if cfg.init_from == "resume" else None) if master else None
     raw_model = model
     if cfg.compile:
         say("compiling the model (about a minute)...")
@@ -678,15 +761,41 @@ def train(cfg, rank, world, device, t0):
         + (" at most (batching='lines' pads a batch to its longest piece; tok/s counts real tokens)" if pieces else ""))
     peak = peak_flops(device, dtype)
     flops_per_tok = flops_per_token(raw_model, cfg.block_size)
-    log = open(metrics_path, "a") if master else None
     start = t0 - elapsed  # time_s counts from the start of the run, across resumes
     resumed_at = iter_num if cfg.init_from == "resume" else -1
+    saved_at = resumed_at if resumed_at >= 0 else None  # the iteration ckpt.pt holds, for the messages
     step_time, step_count, step_tokens, loss_sum = 0.0, 0, 0, torch.zeros((), device=device)
+    interrupted = False  # a signal arrived and every rank knows it: save and stop at the next iteration
+    nan_at = os.environ.get("NANOGPT_TEST_NAN_AT")  # test hook (tests/test_faults.py): "ITER" or "ITER:RANK"
 
     def write(record):
         if master:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            try:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            except OSError as e:
+                raise UserError(f"cannot write {metrics_path} ({e.strerror or e}); ckpt.pt holds iteration "
+                                f"{saved_at}: free some space, then resume") from None
+
+    def gather_rng():
+        """Every rank's dropout RNG, for the checkpoint (a collective: all ranks take part)."""
+        mine = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
+        if world == 1:
+            return [mine]
+        states = [None] * world
+        dist.all_gather_object(states, mine)
+        return states
+
+    def checkpoint(states):
+        save_checkpoint(ckpt_path, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "model_config": asdict(raw_model.config),
+            "config": asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
+            "elapsed": time.time() - start,
+            "rng": {"batch": gen.get_state(), "torch": [s[0].cpu() for s in states],
+                    "cuda": [None if s[1] is None else s[1].cpu() for s in states]},
+            "tokenizer": spec, "version": 1})
+        return iter_num
 
     while True:
         lr = get_lr(iter_num, cfg)
@@ -694,31 +803,31 @@ def train(cfg, rank, world, device, t0):
             group["lr"] = lr
 
         if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at:
-            # every rank's dropout RNG goes into the checkpoint (a collective: all ranks take part)
-            states = [(torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)]
-            if world > 1:
-                states = [None] * world
-                dist.all_gather_object(states, (torch.get_rng_state(), torch.cuda.get_rng_state(device)
-                                                if device.startswith("cuda") else None))
+            states = gather_rng()
             if master:
                 losses = estimate_loss(eval_model, splits, cfg, device, ctx, pieces, mlm)
                 t = time.time() - start
                 say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({t:.0f} s)")
                 write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
                        "time_s": t})
+                # never overwrite a good checkpoint with this. Rank 0 alone knows: under torchrun the others
+                # are stopped by torchrun when it exits (the training step's check keeps them in step otherwise)
+                if not all(map(math.isfinite, losses.values())):
+                    raise UserError(f"the evaluated loss is not finite at iteration {iter_num}; not saved: "
+                                    f"{ckpt_path} still holds iteration {saved_at}")
                 improved = losses["val"] < best_val_loss
                 best_val_loss = min(best_val_loss, losses["val"])
                 if improved or cfg.always_save_checkpoint:
-                    save_checkpoint(ckpt_path, {
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "model_config": asdict(raw_model.config),
-                        "config": asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
-                        "elapsed": time.time() - start,
-                        "rng": {"batch": gen.get_state(), "torch": [s[0].cpu() for s in states],
-                                "cuda": [None if s[1] is None else s[1].cpu() for s in states]},
-                        "tokenizer": spec, "version": 1})
+                    saved_at = checkpoint(states)
         if iter_num >= cfg.max_iters:
             break
+        if interrupted:  # the iteration the signal arrived in is done: save here (the eval at it came first)
+            states = gather_rng()
+            if master and saved_at != iter_num:
+                saved_at = checkpoint(states)
+            say(f"stopped by {signal.Signals(got_signal['signum']).name} at iteration {iter_num}; {ckpt_path} "
+                f"holds it: continue with --init_from=resume")
+            sys.exit(128 + got_signal["signum"])  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
         t_step = time.time()
         # window starts (or pieces) for every micro-step of every rank; this rank's are rows rank*gas .. +gas-1
@@ -735,14 +844,37 @@ def train(cfg, rank, world, device, t0):
                 with ctx:
                     _, loss = model(x, y, am)
                     loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
+                    if nan_at in (str(iter_num), f"{iter_num}:{rank}"):
+                        loss = loss * float("nan")  # the test hook: as if this step's loss diverged
                 loss_sum += loss.detach()
                 if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
                     kl = raw_model.kl() * cfg.bayes_kl_weight / meta["train_tokens"]
                     loss = loss + kl
                 scaler.scale(loss).backward()
+        grad_ok = True
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # an inf gradient under fp16 is the GradScaler's business (it skips the step and lowers the scale);
+            # without it, the step would write inf/nan into the weights
+            grad_ok = scaler.is_enabled() or torch.isfinite(norm)
+        # Stop before the optimizer step can put nan into weights a later checkpoint would save. Every rank
+        # must stop (or save, after a signal) at the same step, or the others would wait forever in the next
+        # collective: one all-reduce of both flags, and one wait for the GPU per step.
+        bad = ~(torch.isfinite(loss_sum) & grad_ok)
+        if cfg.head == "bayes":
+            bad |= ~torch.isfinite(kl.detach())
+        flags = torch.stack([bad.float(), torch.tensor(float("signum" in got_signal), device=device)])
+        if world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        diverged, interrupted = (bool(f) for f in flags.tolist())
+        if diverged:
+            if not master:
+                sys.exit(2)  # rank 0 says why
+            raise UserError(f"the loss (or its gradient) is not finite at iteration {iter_num}"
+                            + (" on some process" if world > 1 else "") + ": stopped before the optimizer step; "
+                            + (f"{ckpt_path} still holds iteration {saved_at}" if saved_at is not None else
+                               "no checkpoint was written") + ". Try a lower learning_rate, or dtype=bfloat16")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until the next backward
@@ -771,7 +903,10 @@ def train(cfg, rank, world, device, t0):
 
     if master:
         log.close()
-        plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+        try:
+            plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+        except OSError as e:
+            raise UserError(f"trained and saved, but cannot write curves.png ({e.strerror or e})") from None
         say(f"done: best val loss {best_val_loss:.4f}, {time.time() - start:.0f} s; checkpoint in {ckpt_path}")
 
 

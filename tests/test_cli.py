@@ -8,6 +8,7 @@ import pytest
 
 import prepare_data
 from conftest import SHAKESPEARE, TINY, run_script
+from configurator import UserError
 from tokenizer import from_spec
 
 
@@ -37,7 +38,7 @@ def test_prepare_text_folder_and_offline_download(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("Name or service not known")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(SystemExit, match="--input"):
+    with pytest.raises(UserError, match="--input"):
         prepare_data.main(["shakespeare_char", "--out_root", str(tmp_path / "d")])
 
 
