@@ -827,6 +827,8 @@ def train(cfg, rank, world, device, t0, got_signal=None):
                 saved_at = checkpoint(states)
             say(f"stopped by {signal.Signals(got_signal['signum']).name} at iteration {iter_num}; {ckpt_path} "
                 f"holds it: continue with --init_from=resume")
+            if world > 1:
+                dist.barrier()  # leave together, after rank 0 has written (see the end of train)
             sys.exit(128 + got_signal["signum"])  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
         t_step = time.time()
@@ -908,6 +910,10 @@ def train(cfg, rank, world, device, t0, got_signal=None):
         except OSError as e:
             raise UserError(f"trained and saved, but cannot write curves.png ({e.strerror or e})") from None
         say(f"done: best val loss {best_val_loss:.4f}, {time.time() - start:.0f} s; checkpoint in {ckpt_path}")
+    if world > 1:
+        # the other ranks wait for rank 0's last evaluation and writes, so no process tears down its side of
+        # the process group while a peer still uses it (seen as a rare abort at exit of a finished run)
+        dist.barrier()
 
 
 if __name__ == "__main__":
