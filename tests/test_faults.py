@@ -283,7 +283,9 @@ def test_ctrl_c_under_torchrun_saves_once_and_every_process_stops(data_dir, tmp_
     assert [r["iter"] for r in ra] == [r["iter"] for r in rb]
     for x, y in zip(ra, rb):
         for k in ("loss", "train_loss", "val_loss"):
-            assert (k in x) == (k in y) and x.get(k) == pytest.approx(y.get(k), rel=1e-6), (x, y, ra, rb)
+            assert (k in x) == (k in y), (x, y)
+            if k in x:  # (newer pytest refuses approx(None) outright)
+                assert x[k] == pytest.approx(y[k], rel=1e-6), (x, y)
 
 
 def test_resume_is_exact_with_the_bayes_head(data_dir, tmp_path):
