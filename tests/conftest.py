@@ -31,6 +31,23 @@ def data_dir(tmp_path_factory, shakespeare_text):
     return str(root)
 
 
+def metrics(out):
+    """The records of out/metrics.jsonl."""
+    import json
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def uninterrupted_and_resumed(args, tmp_path, total, half):
+    """train.py to `total` iterations in one go (tmp_path/a), and to `half`, then resumed to `total` (tmp_path/b):
+    the two metrics logs, for a test to compare."""
+    import train
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train.main([*args, f"--out_dir={a}", f"--max_iters={total}"])
+    train.main([*args, f"--out_dir={b}", f"--max_iters={half}"])
+    train.main([*args, f"--out_dir={b}", f"--max_iters={total}", "--init_from=resume"])
+    return metrics(a), metrics(b)
+
+
 def run_script(*args, cwd=ROOT):
     """Run one of the project's scripts as a user would; return the CompletedProcess."""
     import subprocess

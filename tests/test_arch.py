@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, RMSNorm, SwiGLU, apply_rope, rope_tables
-from test_model import assert_generation_paths_agree
+from model import GPT, GPTConfig, RMSNorm, SwiGLU, apply_rope, rope_tables
+from test_model import assert_generation_paths_agree, assert_prefill_and_steps_match_full_forward
 
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)
 
@@ -170,14 +169,7 @@ def test_rope_is_causal(kw):
 
 @pytest.mark.parametrize("kw", [dict(pos="rope"), LLAMA])
 def test_rope_cache_prefill_and_steps_match_full_forward(kw):
-    m = tiny(**kw)
-    idx = torch.randint(50, (2, 16))
-    full = m(idx)[0]
-    cache = KVCache(m.config)
-    parts = [m.lm_head(m.hidden(idx[:, :5], cache))]  # a prompt of 5, a chunk of 4, then single tokens
-    parts.append(m.lm_head(m.hidden(idx[:, 5:9], cache)))
-    parts += [m.lm_head(m.hidden(idx[:, t:t + 1], cache)) for t in range(9, 16)]
-    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    assert_prefill_and_steps_match_full_forward(tiny(**kw))
 
 
 @pytest.mark.parametrize("kw", [dict(greedy=True), dict(), dict(temperature=1.3, top_k=20, top_p=0.9)])

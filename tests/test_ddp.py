@@ -1,5 +1,4 @@
 """torchrun on CPU (gloo): two processes must train exactly what one process does with the same global batch."""
-import json
 import os
 import sys
 
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, metrics as rows, run_script
 
 
 def torchrun(*args, nproc=2):
@@ -15,10 +14,6 @@ def torchrun(*args, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "train.py", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def rows(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
 def common(data_dir):

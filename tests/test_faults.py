@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, SHAKESPEARE, TINY
+from conftest import ROOT, SHAKESPEARE, TINY, metrics as rows, uninterrupted_and_resumed
 from configurator import UserError
 from test_ddp import common as ddp_common, torchrun
 
@@ -29,10 +29,6 @@ def common(data_dir):
     # dropout on: a resume must also restore the RNG of the dropout masks
     return [*TINY, f"--data_dir={data_dir}", f"--lr_decay_iters={MAX}", "--eval_interval=5", "--log_interval=1",
             "--dropout=0.1"]
-
-
-def rows(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
 def assert_same_run(ra, rb):
@@ -292,8 +288,4 @@ def test_resume_is_exact_with_the_bayes_head(data_dir, tmp_path):
     # its evaluation draws weights: from a forked RNG, or the resumed run (which skips that evaluation) would
     # draw other dropout masks and loss samples than the uninterrupted one
     args = [*common(data_dir), "--head=bayes", "--lr_decay_iters=10"]
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train.main([*args, f"--out_dir={a}", "--max_iters=10"])
-    train.main([*args, f"--out_dir={b}", "--max_iters=5"])
-    train.main([*args, f"--out_dir={b}", "--max_iters=10", "--init_from=resume"])
-    assert_same_run(rows(a), rows(b))
+    assert_same_run(*uninterrupted_and_resumed(args, tmp_path, 10, 5))

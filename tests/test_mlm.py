@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import evaluate
 import train
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
 from configurator import UserError, configure
 from model import GPT, GPTConfig, KVCache
 from tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, from_spec
@@ -297,18 +297,11 @@ def test_fill_equals_a_reference_and_never_writes_a_special_token():
 
 # --- training, evaluation and the scripts ------------------------------------------------------------------
 
-def read_metrics(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-
-
 def test_mlm_on_lines_learns_resumes_exactly_and_evaluates(data_dir, tmp_path):
     common = [*TINY, f"--data_dir={data_dir}", *MLM, "--lr_decay_iters=40", "--eval_interval=10",
               "--log_interval=1", "--dropout=0.1"]
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train.main([*common, f"--out_dir={a}", "--max_iters=40"])
-    train.main([*common, f"--out_dir={b}", "--max_iters=20"])
-    train.main([*common, f"--out_dir={b}", "--max_iters=40", "--init_from=resume"])
-    ra, rb = read_metrics(a), read_metrics(b)
+    ra, rb = uninterrupted_and_resumed(common, tmp_path, 40, 20)
+    a = str(tmp_path / "a")
     assert [r["iter"] for r in ra] == [r["iter"] for r in rb]
     for x, y in zip(ra, rb):  # the same batches, masks and dropout: the same numbers
         assert all(x.get(k) == y.get(k) for k in ("loss", "train_loss", "val_loss")), (x, y)

@@ -1,16 +1,11 @@
-import json
 import os
 
 import pytest
 import torch
 
 import train
-from conftest import TINY, run_script
+from conftest import TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
 from configurator import UserError
-
-
-def read_metrics(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
 def test_loss_goes_down_and_outputs_are_written(data_dir, tmp_path):
@@ -36,11 +31,8 @@ def test_resume_is_exact(data_dir, tmp_path):
     # dropout on, so the resumed run must also restore the RNG that draws dropout masks
     common = [*TINY, f"--data_dir={data_dir}", "--lr_decay_iters=40", "--eval_interval=10", "--log_interval=1",
               "--dropout=0.1"]
+    ra, rb = uninterrupted_and_resumed(common, tmp_path, 40, 20)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train.main([*common, f"--out_dir={a}", "--max_iters=40"])
-    train.main([*common, f"--out_dir={b}", "--max_iters=20"])
-    train.main([*common, f"--out_dir={b}", "--max_iters=40", "--init_from=resume"])
-    ra, rb = read_metrics(a), read_metrics(b)
     assert [r["iter"] for r in ra] == [r["iter"] for r in rb]
     for x, y in zip(ra, rb):
         for k in ("loss", "lr", "train_loss", "val_loss"):
