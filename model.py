@@ -217,27 +217,105 @@ class SigmoidBCE(torch.autograd.Function):
         return grad.mul_(g[:, None]), None
 
 
+# The Bayesian head's two training terms as autograd functions with their gradients written out. Both go
+# through their (N, V) or (V, C) tensors a block of rows at a time: what is needed only on the way (the noise,
+# the draw, sigma) lives in one block-sized buffer (a few MB, in cache) and only the results exist at full
+# size. Written as plain torch ops the same formulas make a dozen full-size temporaries, and on a CPU each
+# fresh tensor this size costs a pass of page faults besides its own writes: the bayes step took 1.5x as long.
+
+
+BLOCK = 2 ** 20  # elements in a block on a CPU: 4 MB of fp32, in cache
+
+
+def row_blocks(x):
+    """Slices of x's rows, about BLOCK elements each on a CPU, 64x that on a GPU (where what counts is few
+    kernel launches, and the caching allocator makes big temporaries cheap)."""
+    rows = max(1, (BLOCK if x.device.type == "cpu" else 64 * BLOCK) // x[0].numel())
+    return [slice(i, i + rows) for i in range(0, len(x), rows)]
+
+
+def scratch(x, blocks):
+    """One block's worth of fp32 memory, reused by every block."""
+    return torch.empty((blocks[0].stop - blocks[0].start, *x.shape[1:]), device=x.device)
+
+
 class SampledCE(torch.autograd.Function):
     """bayes training loss per token: the cross-entropy of one draw of the logits, s = z + sqrt(v) * eps with
-    eps ~ N(0, 1), for mean logits z (N, V), their variances v (N, V) and targets y (N,). Gradients written out:
-    dL/dz = softmax(s) - onehot(y), and dL/dv = dL/dz * eps / (2 sqrt(v)) with eps = (s - z) / sqrt(v). As
-    one function it keeps only s and sqrt(v) for backward, instead of every intermediate of the formula."""
+    eps ~ N(0, 1), for mean logits z = h mu^T (N, V), hidden states squared h2 = h^2 (N, C), the weights'
+    rho (V, C) (sigma = softplus(rho), s2 = sigma^2) and targets y (N,). The logit variances v = h2 s2^T are
+    computed here (one matmul: the local reparameterisation trick). Gradients, written out:
+        dL/dz = softmax(s) - onehot(y)          dL/dv = dL/dz * eps / (2 sqrt(v))
+        dL/dh2 = (dL/dv) s2                     dL/drho = ((dL/dv)^T h2) * 2 sigma * sigmoid(rho)
+    Both (N, V) gradients are made in forward, where each block's draw is at hand, in the memory of v and of
+    one other tensor; backward scales them by the incoming gradient and does the matmuls."""
 
     @staticmethod
-    def forward(ctx, z, v, y):
-        std = v.clamp_min(1e-20).sqrt_()
-        s = torch.randn_like(z).mul_(std).add_(z)
-        ctx.save_for_backward(z, s, std, y)
-        return torch.logsumexp(s, dim=-1) - s.gather(1, y[:, None]).squeeze(1)
+    def forward(ctx, z, h2, rho, y):
+        s2 = F.softplus(rho.float()).square_()
+        gv = torch.mm(h2, s2.to(h2.dtype).t()).float()  # the variances v, then dL/dv in the same memory
+        gz = torch.empty_like(z)  # each block's draw s, then softmax(s) - onehot(y) in the same memory
+        loss = z.new_empty(len(z))
+        blocks = row_blocks(z)
+        noise = scratch(z, blocks)
+        for b in blocks:
+            std = gv[b].clamp_min_(1e-20).sqrt_()
+            eps = noise[:len(std)].normal_()
+            s = torch.addcmul(z[b], eps, std, out=gz[b])
+            lse = s.logsumexp(-1)
+            loss[b] = lse - s.gather(1, y[b, None]).squeeze(1)
+            p = s.sub_(lse[:, None]).exp_()  # softmax(s), in place
+            p[torch.arange(len(p), device=p.device), y[b]] -= 1
+            torch.mul(p, eps.div_(std).mul_(0.5), out=std)  # dL/dv = dL/dz * eps / (2 std), over std
+        ctx.save_for_backward(gz, gv, h2, s2)
+        return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        z, s, std, y = ctx.saved_tensors
-        grad_z = torch.softmax(s, dim=-1)
-        grad_z[torch.arange(len(y), device=y.device), y] -= 1
-        grad_z.mul_(g[:, None])
-        grad_v = torch.sub(s, z).div_(std).div_(std).mul_(grad_z).mul_(0.5)
-        return grad_z, grad_v, None
+        # the saved tensors are changed in place: a second backward (retain_graph) is refused by autograd's
+        # check that saved tensors are unchanged
+        gz, gv, h2, s2 = ctx.saved_tensors
+        gz.mul_(g[:, None])
+        gv = gv.mul_(g[:, None]).to(h2.dtype)
+        grad_h2 = gv @ s2.to(h2.dtype)
+        grad_rho = (gv.t() @ h2).float()
+        sigma = s2.sqrt_()  # d sigma / d rho = sigmoid(rho) = 1 - exp(-sigma), as softplus(rho) = log(1 + e^rho)
+        grad_rho.mul_(sigma).mul_(2).mul_(sigma.neg_().expm1_().neg_())
+        return gz, grad_h2, grad_rho, None
+
+
+class GaussianKL(torch.autograd.Function):
+    """KL(N(mu, sigma^2) || N(0, sp^2)) summed over weights, sigma = softplus(rho), in closed form per weight:
+        log(sp / sigma) + (sigma^2 + mu^2) / (2 sp^2) - 1/2
+    Gradients: dKL/dmu = mu / sp^2, dKL/drho = (sigma / sp^2 - 1 / sigma) sigmoid(rho).
+    softplus(rho) = log(e^rho + e^0) is written as logaddexp(rho, 0), which can write into a given buffer."""
+
+    @staticmethod
+    def forward(ctx, mu, rho, sp):
+        mu32, zero = mu.float().flatten(), rho.new_zeros((), dtype=torch.float32)
+        kl = (mu32 @ mu32) / (2 * sp ** 2) + rho.numel() * (math.log(sp) - 0.5)
+        blocks = row_blocks(rho)
+        buf = scratch(rho, blocks)
+        for b in blocks:
+            sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])]).flatten()
+            kl = kl + (sigma @ sigma) / (2 * sp ** 2) - sigma.log_().sum()
+        ctx.save_for_backward(mu, rho)
+        ctx.sp = sp
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        mu, rho = ctx.saved_tensors
+        sp2, zero = ctx.sp ** 2, rho.new_zeros((), dtype=torch.float32)
+        grad_rho = torch.empty_like(rho, dtype=torch.float32)
+        blocks = row_blocks(rho)
+        buf = scratch(rho, blocks)
+        for b in blocks:
+            sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])])
+            d = torch.square(sigma, out=grad_rho[b])  # then (sigma^2 - sp^2) / (sigma sp^2) * sigmoid(rho)
+            d.sub_(sp2).div_(sigma).mul_(g / sp2).mul_(torch.sigmoid(rho[b].float(), out=sigma))
+        return mu * (g / sp2), grad_rho.to(rho.dtype), None
 
 
 @dataclass
@@ -425,7 +503,8 @@ class GPT(nn.Module):
         if self.config.head == "bayes":
             if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]
                 keep = y != -1
-                ce = SampledCE.apply(z, self.logit_var(h).float().reshape(-1, V), y.clamp_min(0))
+                h2 = h.reshape(-1, h.size(-1)).square()
+                ce = SampledCE.apply(z, h2, self.lm_rho, y.clamp_min(0))
                 return (ce * keep).sum() / n
             # the loss we report: NLL of the averaged prediction, never with the KL term
             logp = self.head_log_probs(logits, h).reshape(-1, V)
@@ -465,12 +544,11 @@ class GPT(nn.Module):
         return acc - math.log(S), ent
 
     def kl(self):
-        """bayes: KL(q(W) || N(0, sp^2)) summed over the output weights, in closed form per weight:
-        log(sp / sigma) + (sigma^2 + mu^2) / (2 sp^2) - 1/2. Zero for the other heads."""
+        """bayes: KL(q(W) || N(0, bayes_prior_std^2)) summed over the output weights (GaussianKL). Zero for
+        the other heads."""
         if self.config.head != "bayes":
             return torch.zeros((), device=self.lm_head.weight.device)
-        sigma, mu, sp = F.softplus(self.lm_rho), self.lm_head.weight, self.config.bayes_prior_std
-        return (math.log(sp) - sigma.log() + (sigma.square() + mu.square()) / (2 * sp ** 2) - 0.5).sum()
+        return GaussianKL.apply(self.lm_head.weight, self.lm_rho, self.config.bayes_prior_std)
 
     # ------------------------------------------------------------------------------------------------------
 

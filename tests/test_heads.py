@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import train
 from conftest import TINY
 from configurator import UserError
+import model
 from model import GPT, GPTConfig, SigmoidBCE
 
 HEADS = ["softmax", "sigmoid", "bayes"]
@@ -91,6 +92,33 @@ def test_bayes_kl_matches_monte_carlo():
     assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [None, 3])  # one block of rows (the default here), or several
+def test_bayes_kl_and_its_gradients_equal_autograd_of_torch_distributions(rows, monkeypatch):
+    m = small("bayes", bayes_prior_std=0.5, bayes_init_std=0.05)
+    if rows:
+        monkeypatch.setattr(model, "BLOCK", rows * m.config.n_embd)
+    with torch.no_grad():
+        m.lm_rho.add_(2 * torch.randn_like(m.lm_rho))  # sigmas from ~0.001 to ~2, around the prior's 0.5
+    kl = m.kl()
+    (3 * kl).backward()
+    mine = m.lm_head.weight.grad.clone(), m.lm_rho.grad.clone()
+    m.zero_grad()
+    q = torch.distributions.Normal(m.lm_head.weight, F.softplus(m.lm_rho))
+    reference = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 0.5)).sum()
+    assert torch.allclose(kl, reference, rtol=1e-5)
+    (3 * reference).backward()
+    assert torch.allclose(mine[0], m.lm_head.weight.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(mine[1], m.lm_rho.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bayes_training_loss_refuses_a_second_backward():
+    m = small("bayes").train()
+    loss = m(torch.randint(11, (2, 16)), torch.randint(11, (2, 16)))[1]
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_local_reparameterisation_has_the_moments_of_weight_sampling():
     m = small("bayes", bayes_init_std=0.3)
     h = torch.randn(4, 8)
@@ -106,20 +134,25 @@ def test_local_reparameterisation_has_the_moments_of_weight_sampling():
         assert torch.allclose(draws.std(0), std, rtol=0.05)
 
 
-def test_bayes_training_loss_and_gradients_equal_autograd_of_the_formula():
+@pytest.mark.parametrize("rows", [None, 1, 5])  # one block of rows (the default here), or many
+def test_bayes_training_loss_and_gradients_equal_autograd_of_the_formula(rows, monkeypatch):
     m = small("bayes", bayes_init_std=0.5).train()
+    V = m.config.vocab_size
+    if rows:
+        monkeypatch.setattr(model, "BLOCK", rows * V)
     idx, y = torch.randint(11, (2, 16)), torch.randint(11, (2, 16))
     y[0, :3] = -1
     grads = []
     for fused in (True, False):
         m.zero_grad()
-        torch.manual_seed(3)  # the same noise draws for both
+        torch.manual_seed(3)  # the same noise draws for both: one (rows, V) draw per block, in order
         if fused:
             loss = m(idx, y)[1]
         else:
             h = m.hidden(idx)
             z = m.logits(h)
-            s = z + m.logit_std(h) * torch.randn_like(z)
+            eps = torch.cat([torch.randn(len(b), V) for b in torch.arange(32).split(rows or 32)]).view(2, 16, V)
+            s = z + m.logit_std(h) * eps
             loss = F.cross_entropy(s.flatten(0, 1), y.flatten(), ignore_index=-1)
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
