@@ -15,8 +15,15 @@ sigmoid and bayes heads are scored alike:
   standard fix for miscalibration, so a head that claims better calibration must beat it, not raw softmax.
   T is fitted on one half of the tokens and applied to the other, both ways (2-fold), so no token is scored
   by a temperature fitted on it.
-- sigmoid: also the raw BCE it trains on and the mean of sum_j sigma(z_j) (1 = exactly one token predicted).
+- sigmoid: also the raw BCE with the next token as the one right answer (what it trains on, unless trained on
+  sets) and the mean of sum_j sigma(z_j) (1 = exactly one token predicted).
 - bayes: NLL with 1, 10 and 32 weight draws, and entropy = expected entropy + mutual information.
+- With set_k (on by itself for a run trained with sigmoid_targets='ngram'): the predicted set {j : q_j > 1/2}
+  against the right answers of train.py's ngram targets (every token that followed the same set_k tokens in
+  the train split, and the one that does follow): precision |P & S| / |P| and recall |P & S| / |S|, summed
+  over tokens, the mean sizes of both sets, and how often the next token is in P. q_j is sigma(z_j) for the
+  sigmoid head, which says "j is one of the right answers" for each j on its own; for softmax and bayes it can
+  only be p_j, so at most one token is ever in P.
 
 The tokens: the split cut into consecutive windows of block_size (every token predicted once, given the
 tokens before it in its window), capped at max_tokens. Weight draws (bayes) come from a fixed seed.
@@ -41,7 +48,7 @@ from tqdm import tqdm
 
 from configurator import UserError, configure, main_guard
 from train import (MLM_TOKENS, TrainConfig, autocast, build_model, line_pieces, load_checkpoint, mask_tokens,
-                   mlm_setup, open_split, pick_device, pick_dtype, piece_batch)
+                   mlm_setup, ngram_table, open_split, pick_device, pick_dtype, piece_batch, target_sets)
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -55,6 +62,8 @@ class EvalConfig:
     max_tokens: int = 0  # 0: the whole split
     batch_size: int = 16  # windows per forward pass
     bayes_sample_counts: str = "1,10,32"  # bayes: NLL for each number of weight draws
+    set_k: int = -1  # set precision/recall against the train split's k-token contexts; -1: the run's ngram_k
+    # if it trained with sigmoid_targets='ngram', else off; 0: off
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
@@ -211,6 +220,33 @@ def bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts):
     return out
 
 
+@torch.no_grad()
+def set_scores(model, x, data, table, k, cfg, ctx, device):
+    """The predicted sets against the ngram targets' sets (see the top of this file), over the windows x of
+    the split `data` (its target at row r, column t is data[r * T + t + 1])."""
+    N, T = x.numel(), x.size(1)
+    hits = predicted = right = next_in = 0
+    torch.manual_seed(cfg.seed)  # bayes: the same weight draws every run
+    for i in range(0, len(x), cfg.batch_size):
+        xb = x[i:i + cfg.batch_size].to(device)
+        pos = (i + np.arange(len(xb)))[:, None] * T + 1 + np.arange(T)
+        rows, cols = (t.to(device) for t in target_sets(table, data, pos, k, model.config.vocab_size))
+        with ctx:
+            h = model.hidden(xb)
+            if model.config.head == "sigmoid":
+                q = torch.sigmoid(model.logits(h).float())
+            else:
+                q = model.predictive(h)[0].exp()
+        pred = q.flatten(0, 1) > 0.5
+        hits += pred[rows, cols].sum().item()
+        predicted += pred.sum().item()
+        right += len(rows)
+        y = torch.from_numpy(np.asarray(data[pos.reshape(-1)], dtype=np.int64)).to(device)
+        next_in += pred[torch.arange(len(y), device=device), y].sum().item()
+    return {"set_k": k, "set_precision": hits / predicted if predicted else None, "set_recall": hits / right,
+            "set_size": predicted / N, "right_set_size": right / N, "next_in_set": next_in / N}
+
+
 def reliability_plot(named_bins, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -252,8 +288,16 @@ def run(cfg):
     if model.config.head == "bayes":
         counts = [int(s) for s in cfg.bayes_sample_counts.split(",") if s.strip()]
         result["nll_by_samples"] = bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts)
+    k = cfg.set_k if cfg.set_k >= 0 else (tc.ngram_k if tc.sigmoid_targets == "ngram" else 0)
+    if k:
+        if am is not None or mlm:
+            raise UserError("set_k scores next-token sets: for runs with objective='clm', batching='packed'")
+        train_split = open_split(folder, meta, "train")
+        result.update(set_scores(model, x, data, ngram_table(train_split, k, meta["vocab_size"]), k, cfg, ctx,
+                                 device))
     result.update(out_dir=cfg.out_dir, split=cfg.split, iter=ckpt.get("iter_num"), seed=tcfg.get("seed"),
-                  objective=tc.objective, batching=tc.batching)
+                  objective=tc.objective, batching=tc.batching, targets=tc.sigmoid_targets if tc.head == "sigmoid"
+                  else "next")
     if mlm:
         result["masking"] = {"seed": cfg.seed, "prob": tc.mlm_prob, "mask": tc.mlm_mask, "random": tc.mlm_random}
     path = os.path.join(cfg.out_dir, f"eval_{cfg.split}.json")
@@ -278,7 +322,13 @@ def report(r):
     print(f"  temperature-scaled (T = {t['T'][0]:.3f} / {t['T'][1]:.3f}, cross-fitted): NLL {t['nll']:.4f}, "
           f"ECE {t['ece']:.4f} (equal-mass {t['ece_mass']:.4f}), Brier {t['brier']:.4f}")
     if r["head"] == "sigmoid":
-        print(f"  raw BCE {r['bce']:.4f} nats/token, mean sum of sigmoids {r['sum_sigma']:.3f}")
+        print(f"  raw BCE (the next token as the one right answer) {r['bce']:.4f} nats/token, "
+              f"mean sum of sigmoids {r['sum_sigma']:.3f}")
+    if "set_k" in r:
+        p = "n/a (empty)" if r["set_precision"] is None else f"{r['set_precision']:.4f}"
+        print(f"  sets (q > 1/2) against the train split's next tokens after {r['set_k']} tokens: precision {p}, "
+              f"recall {r['set_recall']:.4f}; mean size {r['set_size']:.2f} predicted, {r['right_set_size']:.2f} "
+              f"right; next token in the predicted set {r['next_in_set']:.4f}")
     if r["head"] == "bayes":
         by = ", ".join(f"{k} draws {v:.4f}" for k, v in r["nll_by_samples"].items())
         print(f"  NLL by weight draws: {by}; entropy {r['entropy']:.3f} = expected {r['expected_entropy']:.3f} "
@@ -289,6 +339,7 @@ def report(r):
 
 METRICS = [("nll", "NLL"), ("ppl", "ppl"), ("acc", "top-1"), ("ece", "ECE"), ("ece_mass", "ECE (mass)"),
            ("brier", "Brier"), ("t_nll", "NLL, T-scaled"), ("t_ece", "ECE, T-scaled"),
+           ("set_precision", "set P"), ("set_recall", "set R"), ("set_size", "set size"),
            ("tokens_per_s", "train tok/s"), ("peak_mem_mb", "peak MB")]
 
 
@@ -309,17 +360,18 @@ def load_run(out_dir):
 
 
 def compare(dirs, out="compare"):
-    """Runs with the same head are seeds of one experiment: mean ± std over them."""
+    """Runs with the same head (and targets) are seeds of one experiment: mean ± std over them."""
     runs = [load_run(d) for d in dirs]
     groups = {}
     for r in runs:
-        groups.setdefault(r["head"], []).append(r)
+        r["name"] = r["head"] + (f" ({r['targets']} targets)" if r.get("targets", "next") != "next" else "")
+        groups.setdefault(r["name"], []).append(r)
     print(f"| head | runs | {' | '.join(name for _, name in METRICS)} |")
     print("|" + " --- |" * (len(METRICS) + 2))
     for head, rs in groups.items():
         cells = []
         for key, _ in METRICS:
-            vals = [r[key] for r in rs if key in r and r[key] == r[key]]
+            vals = [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]  # not missing, not NaN
             if not vals:
                 cells.append("n/a")
             elif len(vals) == 1:
@@ -333,8 +385,8 @@ def compare(dirs, out="compare"):
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {h: f"C{i}" for i, h in enumerate(groups)}
     for r in runs:  # from the second evaluation on: the loss at init would squash the scale
-        ax.plot(*zip(*r["curve"][1:]), color=colors[r["head"]], alpha=0.7,
-                label=r["head"] if r is groups[r["head"]][0] else None)
+        ax.plot(*zip(*r["curve"][1:]), color=colors[r["name"]], alpha=0.7,
+                label=r["name"] if r is groups[r["name"]][0] else None)
     ax.set_xlabel("iteration")
     ax.set_ylabel("val NLL (nats/token)")
     ax.legend()

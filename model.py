@@ -199,22 +199,25 @@ class KVCache:
 
 
 class SigmoidBCE(torch.autograd.Function):
-    """Per token, binary cross-entropy summed over the vocabulary: sum_j softplus(z_j) - z_y, for logits z
-    (N, V) and targets y (N,). Its gradient is sigma(z) - onehot(y), written out here: autograd of the formula
-    would keep an extra (N, V) tensor and build a dense one from gather's backward; this builds one, like
-    cross-entropy's backward does."""
+    """Per token, binary cross-entropy summed over the vocabulary: sum_j softplus(z_j) - sum_{j in S} z_j, for
+    logits z (N, V) and each token's set S of right answers, given as (rows, cols): one pair (token, id) per
+    member. The next token alone is rows = 0..N-1, cols = y; train.py's sigmoid_targets='ngram' gives sets.
+    Its gradient is sigma(z) - multihot(S), written out here: autograd of the formula would keep an extra
+    (N, V) tensor and build a dense one from the indexing's backward; this builds one, like cross-entropy's
+    backward does."""
 
     @staticmethod
-    def forward(ctx, z, y):
-        ctx.save_for_backward(z, y)
-        return F.softplus(z).sum(-1) - z.gather(1, y[:, None]).squeeze(1)
+    def forward(ctx, z, rows, cols):
+        ctx.save_for_backward(z, rows, cols)
+        hits = torch.zeros(len(z), dtype=z.dtype, device=z.device).index_add_(0, rows, z[rows, cols])
+        return F.softplus(z).sum(-1) - hits
 
     @staticmethod
     def backward(ctx, g):
-        z, y = ctx.saved_tensors
+        z, rows, cols = ctx.saved_tensors
         grad = torch.sigmoid(z)
-        grad[torch.arange(len(y), device=y.device), y] -= 1
-        return grad.mul_(g[:, None]), None
+        grad.index_put_((rows, cols), z.new_tensor(-1.0), accumulate=True)
+        return grad.mul_(g[:, None]), None, None
 
 
 # The Bayesian head's two training terms as autograd functions with their gradients written out. Both go
@@ -488,9 +491,11 @@ class GPT(nn.Module):
         z = self.lm_head(h)
         return z + self.lm_bias if self.config.head == "sigmoid" else z
 
-    def head_loss(self, logits, targets, h=None):
+    def head_loss(self, logits, targets, h=None, target_sets=None):
         """Mean loss per predicted token (nats), targets of -1 ignored, computed in fp32. With every target
-        ignored (a masked-LM batch that happened to choose no position) the loss is 0, not 0 / 0 = NaN."""
+        ignored (a masked-LM batch that happened to choose no position) the loss is 0, not 0 / 0 = NaN.
+        sigmoid only: target_sets = (rows, cols), a set of right answers per token instead of the next token
+        alone (SigmoidBCE; rows index the flattened (B*T) positions)."""
         V = logits.size(-1)
         z, y = logits.float().reshape(-1, V), targets.reshape(-1)
         n = (y != -1).sum().clamp_min(1)  # the tokens that count
@@ -498,8 +503,11 @@ class GPT(nn.Module):
             # -log sigma(z) = softplus(-z) = softplus(z) - z and -log(1 - sigma(z)) = softplus(z), so
             # BCE = sum_j softplus(z_j) - z_y: one pass over the logits, no one-hot or dense target is ever built
             keep = y != -1
-            bce = SigmoidBCE.apply(z, y.clamp_min(0))
+            rows, cols = target_sets or (torch.arange(len(y), device=y.device), y.clamp_min(0))
+            bce = SigmoidBCE.apply(z, rows, cols)
             return (bce * keep).sum() / n
+        if target_sets is not None:
+            raise ValueError("target_sets are for the sigmoid head (the others have one right answer per token)")
         if self.config.head == "bayes":
             if self.training:  # one draw of every logit (local reparameterisation): unbiased for E_q[CE]
                 keep = y != -1
@@ -552,15 +560,16 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
 
-    def forward(self, idx, targets=None, attention_mask=None):
+    def forward(self, idx, targets=None, attention_mask=None, target_sets=None):
         """Logits (B, T, V) at every position and, given targets (B, T), the mean loss over the targets that
         are not -1 (else None). attention_mask (B, T), true at real tokens and false at padding: padded
-        positions are never looked at and are never targets, whatever `targets` holds there."""
+        positions are never looked at and are never targets, whatever `targets` holds there. target_sets:
+        sets of right answers for the sigmoid head (head_loss)."""
         h = self.hidden(idx, attention_mask=attention_mask)
         logits = self.logits(h)
         if targets is not None and attention_mask is not None:
             targets = targets.masked_fill(~attention_mask.bool(), -1)
-        loss = self.head_loss(logits, targets, h) if targets is not None else None
+        loss = self.head_loss(logits, targets, h, target_sets) if targets is not None else None
         return logits, loss
 
     def log_probs(self, idx, attention_mask=None):

@@ -94,6 +94,8 @@ class TrainConfig:
     bayes_init_std: float = 3e-3  # bayes: posterior std at init
     bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
     bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / train_tokens
+    sigmoid_targets: str = "next"  # sigmoid: 'next' (the next token) or 'ngram' (a set: see ngram_table)
+    ngram_k: int = 4  # sigmoid_targets='ngram': the right answers are every token that followed the same k tokens
     # AdamW
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -144,6 +146,12 @@ def check(cfg):
             raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
     if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
+    if cfg.sigmoid_targets not in ("next", "ngram"):
+        raise UserError(f"unknown sigmoid_targets {cfg.sigmoid_targets!r}; choose next or ngram")
+    if cfg.sigmoid_targets == "ngram" and (cfg.head != "sigmoid" or cfg.objective != "clm"
+                                           or cfg.batching != "packed" or cfg.ngram_k < 1):
+        raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "
+                        "ngram_k >= 1 (the other heads have one right answer per token)")
     if cfg.objective == "mlm" and (cfg.init_from in GPT.PRETRAINED or os.path.isdir(cfg.init_from)):
         raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
                         "or from a checkpoint trained with objective='mlm'")
@@ -363,6 +371,60 @@ def count_tokens(rows, pieces, cfg):
     if pieces is None:
         return rows.numel() * cfg.block_size
     return int(pieces[rows.flatten().numpy(), 1].sum()) - (rows.numel() if cfg.objective == "clm" else 0)
+
+
+# --- set-valued targets (sigmoid_targets='ngram') -----------------------------------------------------------
+# The sigmoid head scores every token as its own yes/no, so it can be taught that several next tokens are
+# right. Here the right answers after a context are every token that followed the same k tokens anywhere in
+# the train split (always including the one that actually follows): what softmax, with one answer per
+# position, cannot be trained on. The table is built in memory, for train splits up to NGRAM_MAX_TOKENS.
+
+NGRAM_MAX_TOKENS = 200_000_000
+
+
+def context_keys(data, pos, k, vocab_size):
+    """One int64 per position p of `pos`: the k tokens data[p-k:p] as a number in base vocab_size; -1 where
+    p < k (no k tokens before it)."""
+    pos = np.asarray(pos, dtype=np.int64)
+    key = np.zeros(pos.shape, dtype=np.int64)
+    for i in range(k, 0, -1):
+        key = key * vocab_size + np.asarray(data[np.maximum(pos - i, 0)], dtype=np.int64)
+    return np.where(pos >= k, key, -1)
+
+
+def ngram_table(data, k, vocab_size):
+    """The set of next tokens of every k-token context of the train split `data`: (keys, offsets, members),
+    the sorted context keys (context_keys), and for the context keys[c] the tokens members[offsets[c]:
+    offsets[c + 1]] (sorted)."""
+    if vocab_size ** k >= 2 ** 63:
+        raise UserError(f"ngram_k={k} is too long for a {vocab_size}-token vocabulary (the context key would not "
+                        f"fit in 64 bits): use ngram_k <= {int(63 * math.log(2) / math.log(vocab_size))}")
+    if len(data) > NGRAM_MAX_TOKENS or len(data) <= k:
+        raise UserError(f"sigmoid_targets='ngram' builds its table in memory from a train split of more than "
+                        f"ngram_k and at most {NGRAM_MAX_TOKENS:,} tokens; this one has {len(data):,}")
+    keys = context_keys(data, np.arange(k, len(data)), k, vocab_size)
+    uniq, ctx = np.unique(keys, return_inverse=True)
+    pairs = np.unique(ctx.reshape(-1) * vocab_size + np.asarray(data[k:], dtype=np.int64))  # (context, token)
+    offsets = np.zeros(len(uniq) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pairs // vocab_size, minlength=len(uniq)), out=offsets[1:])
+    return uniq, offsets, pairs % vocab_size
+
+
+def target_sets(table, data, pos, k, vocab_size):
+    """The right answers of the targets at positions `pos` (any shape) of a split `data`, as SigmoidBCE's
+    (rows, cols) pairs, rows numbering the targets in pos's flattened order: its context's set from the
+    table, and always the token that does follow (a validation context's set may lack it; one the train split
+    never had is that token alone)."""
+    keys_sorted, offsets, members = table
+    pos = np.asarray(pos, dtype=np.int64).reshape(-1)
+    key = context_keys(data, pos, k, vocab_size)
+    c = np.searchsorted(keys_sorted, key).clip(max=len(keys_sorted) - 1)
+    n = np.where(keys_sorted[c] == key, offsets[c + 1] - offsets[c], 0)  # set sizes (0: an unseen context)
+    rows = np.repeat(np.arange(len(pos)), n)
+    at = np.repeat(offsets[c] - (np.cumsum(n) - n), n) + np.arange(n.sum())  # members[offsets[c] + 0 .. n - 1]
+    follows = np.arange(len(pos)) * vocab_size + np.asarray(data[pos], dtype=np.int64)
+    pairs = np.unique(np.concatenate([rows * vocab_size + members[at], follows]))  # sorted, without repeats
+    return torch.from_numpy(pairs // vocab_size), torch.from_numpy(pairs % vocab_size)
 
 
 # --- optimisation -----------------------------------------------------------------------------------------
@@ -697,6 +759,11 @@ def train(cfg, rank, world, device, t0, got_signal=None):
 
     meta, splits = load_data(cfg)
     spec, vocab, mlm, pieces = setup_task(cfg, meta, splits)
+    table = None
+    if cfg.sigmoid_targets == "ngram":
+        table = ngram_table(splits["train"], cfg.ngram_k, vocab)
+        say(f"ngram targets: {len(table[0]):,} contexts of {cfg.ngram_k} tokens, on average "
+            f"{len(table[2]) / len(table[0]):.2f} next tokens each")
     mconf = model_config(cfg, vocab)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
@@ -840,11 +907,15 @@ def train(cfg, rank, world, device, t0, got_signal=None):
             m = rank * gas + micro  # the micro-step's place in the whole step: its rows and its masking seed
             x, y, am = get_batch(splits["train"], cfg, starts[m].tolist(), device, pieces.get("train"), mlm,
                                  mask_seed(cfg, 0, iter_num, m))
+            sets = None
+            if table is not None:  # the targets' positions in the split: window start + 1 .. + block_size
+                pos = starts[m].numpy()[:, None] + 1 + np.arange(cfg.block_size)
+                sets = tuple(to_device(t, device) for t in target_sets(table, splits["train"], pos, cfg.ngram_k, vocab))
             # DDP averages gradients across ranks during backward; only the last micro-step needs it
             sync = nullcontext() if world == 1 or micro == gas - 1 else model.no_sync()
             with sync:
                 with ctx:
-                    _, loss = model(x, y, am)
+                    _, loss = model(x, y, am, sets)
                     loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
                     if nan_at in (str(iter_num), f"{iter_num}:{rank}"):
                         loss = loss * float("nan")  # the test hook: as if this step's loss diverged

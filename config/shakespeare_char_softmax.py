@@ -1,8 +1,9 @@
 # The output-head experiment (README, "Output heads"): the quickstart's model and data on a shorter schedule.
-# The sigmoid and bayes configs run this file and change only `head`; compare with evaluate.py:
-#   for h in softmax sigmoid bayes; do for s in 1 2 3; do
+# The sigmoid and bayes configs run this file and change only `head` (ngram: the sigmoid head on sets of
+# right answers); compare with evaluate.py:
+#   for h in softmax sigmoid bayes ngram; do for s in 1 2 3; do
 #     python train.py config/shakespeare_char_$h.py --seed=$s --out_dir=out-heads/$h-$s
-#     python evaluate.py --out_dir=out-heads/$h-$s; done; done
+#     python evaluate.py --out_dir=out-heads/$h-$s --set_k=4; done; done
 #   python evaluate.py --compare out-heads/*
 
 out_dir = "out-heads/softmax"

@@ -48,7 +48,33 @@ def test_sigmoid_loss_gradient_equals_autograd_of_bce():
     F.binary_cross_entropy_with_logits(z[keep], F.one_hot(y[keep], 9).double(), reduction="sum").div(
         keep.sum()).backward()
     assert torch.allclose(ours, z.grad) and (ours[:4] == 0).all()
-    torch.autograd.gradcheck(SigmoidBCE.apply, (z.detach().requires_grad_(), y.clamp_min(0)))
+    torch.autograd.gradcheck(SigmoidBCE.apply, (z.detach().requires_grad_(), torch.arange(20), y.clamp_min(0)))
+
+
+def test_sigmoid_loss_with_target_sets_is_bce_against_a_multi_hot_target():
+    torch.manual_seed(0)
+    z = torch.randn(2, 6, 9, requires_grad=True)
+    y = torch.randint(9, (2, 6))
+    y[1, 4:] = -1
+    sets = [{int(t)} | set(torch.randint(9, (int(torch.randint(4, ())),)).tolist()) for t in y.flatten()]
+    rows = torch.tensor([i for i, s in enumerate(sets) for _ in s])
+    cols = torch.tensor([j for s in sets for j in sorted(s)])
+    m = small("sigmoid", V=9)
+    loss = m.head_loss(z, y, target_sets=(rows, cols))
+    loss.backward()
+    ours = z.grad.clone()
+    z.grad = None
+    multi_hot = torch.zeros(12, 9)
+    for i, s in enumerate(sets):
+        multi_hot[i, list(s)] = 1
+    keep = y.flatten() != -1
+    ref = F.binary_cross_entropy_with_logits(z.view(12, 9)[keep], multi_hot[keep], reduction="sum") / keep.sum()
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-5) and torch.allclose(ours, z.grad, atol=1e-6)
+    assert multi_hot.sum() > 12  # some sets have more than the one token
+    torch.autograd.gradcheck(SigmoidBCE.apply, (z.detach().double().view(12, 9).requires_grad_(), rows, cols))
+    with pytest.raises(ValueError, match="sigmoid head"):
+        small("softmax", V=9).head_loss(z, y, target_sets=(rows, cols))
 
 
 def test_sigmoid_loss_at_init_is_log_v_plus_one():
