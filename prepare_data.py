@@ -1,8 +1,8 @@
 """
 Turn text into the token files that train.py reads.
 
-    python prepare_data.py shakespeare_char                      # download Tiny Shakespeare, char tokens
-    python prepare_data.py shakespeare_char --input input.txt    # ... or use a local copy (offline)
+    python prepare_data.py shakespeare_char                      # the bundled Tiny Shakespeare, char tokens
+    python prepare_data.py text --input https://example.com/book.txt --name book   # any text, by https URL
     python prepare_data.py shakespeare                           # the same text in GPT-2 BPE tokens
     python prepare_data.py shakespeare --tokenizer bpe --vocab_size 4096   # a BPE trained here, on train only
     python prepare_data.py text --input my_corpus/ --name mine --tokenizer char
@@ -29,6 +29,7 @@ train.py asks for prepare_data.py to be run again instead of reading a mix of ol
 import argparse
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import re
@@ -40,9 +41,12 @@ from tqdm import tqdm
 from configurator import UserError, fault_point, main_guard
 from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-# a known dataset: (source URL, default tokenizer)
-DATASETS = {"shakespeare_char": (SHAKESPEARE_URL, "char"), "shakespeare": (SHAKESPEARE_URL, "gpt2")}
+# Tiny Shakespeare (public domain, 1,115,394 bytes) ships with the repository, so the quickstart and the tests
+# work offline; its sha256 catches a copy changed by an editor or a line-ending conversion
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tinyshakespeare.txt")
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# a known dataset: its default tokenizer
+DATASETS = {"shakespeare_char": "char", "shakespeare": "gpt2"}
 CHUNK = 1 << 20  # characters encoded at a time: bounds memory, drives the progress bar
 MAX_DOWNLOAD = 200_000_000  # bytes: a text corpus fetched by URL here is megabytes; refuse anything absurd
 
@@ -66,8 +70,24 @@ def download(url):
         raise UserError(f"{url} is not UTF-8 text") from None
 
 
+def bundled_shakespeare():
+    """The repository's copy of Tiny Shakespeare, checked against its sha256."""
+    try:
+        data = open(SHAKESPEARE, "rb").read()
+    except OSError as e:
+        raise UserError(f"cannot read the bundled {SHAKESPEARE} ({e.strerror or e}): restore it with "
+                        f"`git checkout -- assets`, or pass a copy with --input") from None
+    if hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
+        raise UserError(f"{SHAKESPEARE} is not the original Tiny Shakespeare (sha256 differs; an editor or a "
+                        f"line-ending conversion?): restore it with `git checkout -- assets`")
+    return data.decode("utf-8")
+
+
 def read_input(path):
-    """A file, or every file under a folder (sorted, so the split is reproducible), as one list of texts."""
+    """A file, every file under a folder (sorted, so the split is reproducible), or an https URL, as a list of
+    texts."""
+    if path.startswith(("https://", "http://")):
+        return [download(path)]
     try:
         return list(read_texts(text_files(path)))
     except ValueError as e:
@@ -260,7 +280,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=[*DATASETS, "text", "openwebtext", "hf"],
                    help="a known dataset, 'text' for --input, or 'hf' for any HuggingFace dataset (--dataset)")
-    p.add_argument("--input", help="local file or folder of UTF-8 text (instead of downloading)")
+    p.add_argument("--input", help="a file or folder of UTF-8 text, or an https URL (shakespeare*: instead of the "
+                   "bundled copy)")
     p.add_argument("--name", help="output folder under data/ (default: the dataset name, plus _TOKENIZER when "
                    "that is not the dataset's usual one: shakespeare_bpe)")
     p.add_argument("--tokenizer", choices=["char", "bpe", *TIKTOKEN_NAMES], help="default: char for "
@@ -291,11 +312,12 @@ def main(argv=None):
     if args.dataset == "text":
         if not args.input or not args.name:
             p.error("text needs --input FILE_OR_FOLDER and --name NAME")
-        url, default_tok = None, "char"
+        default_tok = "char"
     else:
-        url, default_tok = DATASETS[args.dataset]
-    texts = read_input(args.input) if args.input else [download(url)]
-    source = os.path.abspath(args.input) if args.input else url
+        default_tok = DATASETS[args.dataset]
+    texts = read_input(args.input) if args.input else [bundled_shakespeare()]
+    source = (args.input if args.input.startswith(("https://", "http://")) else os.path.abspath(args.input)) \
+        if args.input else "assets/tinyshakespeare.txt"
     if sum(len(t) for t in texts) == 0:
         raise UserError("the input text is empty")
     name = args.name or (args.dataset if kind == default_tok else f"{args.dataset}_{kind}")

@@ -39,7 +39,21 @@ def test_prepare_text_folder_and_offline_download(tmp_path, monkeypatch):
         raise OSError("Name or service not known")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(UserError, match="--input"):
+        prepare_data.main(["text", "--input", "https://example.com/a.txt", "--name", "web",
+                           "--out_root", str(tmp_path / "d")])
+    # Tiny Shakespeare needs no network: the bundled copy, the standard 90/10 split
+    prepare_data.main(["shakespeare_char", "--out_root", str(tmp_path / "d")])
+    meta = json.loads((tmp_path / "d" / "shakespeare_char" / "meta.json").read_text())
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1003854, 111540)
+
+
+def test_bundled_shakespeare_is_checked(tmp_path, monkeypatch):
+    bad = tmp_path / "tinyshakespeare.txt"
+    bad.write_text(open(SHAKESPEARE).read().replace("\n", "\r\n"))  # as a line-ending conversion would leave it
+    monkeypatch.setattr(prepare_data, "SHAKESPEARE", str(bad))
+    with pytest.raises(UserError, match="sha256"):
         prepare_data.main(["shakespeare_char", "--out_root", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()
 
 
 def test_train_then_sample(data_dir, tmp_path):
