@@ -12,6 +12,7 @@ an unknown key is an error naming the closest valid keys, so a typo never silent
 """
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -44,6 +45,24 @@ def fault_point(name):
     if os.environ.get("NANOGPT_TEST_PAUSE") == name:
         print(f"paused at {name}", file=sys.stderr, flush=True)
         time.sleep(600)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """`with atomic_write(path) as f:` writes f to path.tmp; when the block ends without an error the file is
+    flushed, fsynced and renamed onto path. So path holds the old file or the whole new one, never a part; on
+    an error the temp file is removed (and the error goes on). Every file this project writes goes through here."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _allowed_types(hint):
@@ -137,3 +156,4 @@ def configure(cls, argv=None):
 def show(cfg):
     """The effective config, one `key = value` a line, as printed at the start of every run."""
     return "\n".join(f"{f.name} = {getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg))
+
