@@ -7,11 +7,11 @@ Throughput benchmarks: training speed, sampling speed with and without the KV ca
     python bench.py --what tokenizer --text_file input.txt   # BPE vs HuggingFace tokenizers and tiktoken
 
 Training: median ms per optimizer step over bench_iters steps (after warmup steps that are not timed),
-tokens/s, and MFU: achieved FLOP/s (6N + attention per token, see train.flops_per_token) over the hardware's
+tokens/s, and MFU: achieved FLOP/s (6N + attention per token, see metrics.flops_per_token) over the hardware's
 peak (a GPU's datasheet, or on CPU a matmul measured right here, so MFU reads "share of what this CPU can
 really do").
 
-Sampling: median tokens/s of model.generate over `repeats` runs, with the KV cache and without it (the
+Sampling: median tokens/s of generate.generate over `repeats` runs, with the KV cache and without it (the
 cache-free path re-runs the whole context for every token), same model, prompt and random seed, so both
 produce the same tokens. Random weights: speed does not depend on what the model has learned.
 Two rows: `sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size,
@@ -45,9 +45,12 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard
-from model import GPT
-from train import (TrainConfig, autocast, flops_per_token, make_optimizer, model_config, peak_flops, pick_device,
-                   pick_dtype)
+from generate import generate
+from metrics import flops_per_token, peak_flops
+from model import GPT, autocast, pick_device, pick_dtype
+from prepare_data import bundled_shakespeare
+from tokenizer import BPETokenizer
+from train import TrainConfig, make_optimizer, model_config
 
 
 @dataclass
@@ -60,7 +63,7 @@ class BenchConfig(TrainConfig):  # every train setting (so train configs work he
     repeats: int = 3
     json: bool = False
     threads: int = 0  # heads: torch threads in the measuring process (0: torch's default)
-    text_file: str = ""  # tokenizer: Tiny Shakespeare (downloaded if not given)
+    text_file: str = ""  # tokenizer: a text to time encoding on ('': the bundled Tiny Shakespeare)
     corpus_mb: int = 20  # tokenizer: size of the man-page corpus
     big_vocab: int = 32768  # tokenizer: vocabulary trained on it
 
@@ -120,7 +123,7 @@ def bench_sample(cfg, device, ctx):
                 sync(device)
                 t = time.perf_counter()
                 with ctx:
-                    outs[use_cache] = model.generate(prompt, n, use_cache=use_cache)
+                    outs[use_cache] = generate(model, prompt, n, use_cache=use_cache)
                 sync(device)
                 times.append(time.perf_counter() - t)
             row["cached_tok_s" if use_cache else "uncached_tok_s"] = n / statistics.median(times)
@@ -252,8 +255,6 @@ def _train_once(which, path, vocab_size):
 
 
 def bench_tokenizer(cfg):
-    from prepare_data import SHAKESPEARE_URL, download
-    from tokenizer import BPETokenizer
     rivals = ["ours", "hf"] if importlib.util.find_spec("tokenizers") else ["ours"]
     if len(rivals) == 1:
         print("(HuggingFace tokenizers is not installed: `pip install tokenizers` to compare against it)",
@@ -262,7 +263,7 @@ def bench_tokenizer(cfg):
         with open(cfg.text_file, encoding="utf-8") as f:
             shakespeare = f.read()
     else:
-        shakespeare = download(SHAKESPEARE_URL)
+        shakespeare = bundled_shakespeare()
     corpus = man_corpus(cfg.corpus_mb)
     result = {"corpus_bytes": len(corpus.encode()), "corpus_sha256": hashlib.sha256(corpus.encode()).hexdigest(),
               "cores": os.cpu_count(), "repeats": cfg.repeats, "training": []}

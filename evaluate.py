@@ -46,9 +46,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from configurator import UserError, configure, main_guard
-from train import (MLM_TOKENS, TrainConfig, autocast, build_model, line_pieces, load_checkpoint, mask_tokens,
-                   mlm_setup, ngram_table, open_split, pick_device, pick_dtype, piece_batch, target_sets)
+from checkpoint import build_model, load_checkpoint
+from configurator import UserError, atomic_write, configure, main_guard
+from data import (MLM_TOKENS, DataConfig, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split,
+                  piece_batch, target_sets)
+from model import autocast, pick_device, pick_dtype
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -83,7 +85,7 @@ def windows(data, block_size, max_tokens):
 
 def eval_set(data, meta, tc, cfg, mlm):
     """The tokens to score, the same every run: x, y (N, T) and the attention mask (N, T), None for windows.
-    tc: the run's TrainConfig. mlm (objective='mlm'): x is masked once, as a whole, with cfg.seed."""
+    tc: the run's DataConfig. mlm (objective='mlm'): x is masked once, as a whole, with cfg.seed."""
     am = None
     if tc.batching == "lines":
         pieces = line_pieces(data, meta, tc.objective, tc.block_size)
@@ -259,23 +261,28 @@ def reliability_plot(named_bins, path):
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
 def run(cfg):
     device = pick_device(cfg.device)
-    ctx = autocast(device, pick_dtype(cfg.dtype, device))
+    try:
+        ctx = autocast(device, pick_dtype(cfg.dtype, device))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), device)
     model = build_model(ckpt, cfg.out_dir)
     model.eval().to(device)
     tcfg = ckpt.get("config", {})
-    tc = TrainConfig(**{k: v for k, v in tcfg.items() if k in TrainConfig.__dataclass_fields__})
+    tc = DataConfig(**{k: v for k, v in tcfg.items() if k in DataConfig.__dataclass_fields__})
     folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))
     try:
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
-        data = open_split(folder, meta, cfg.split)  # its size checked against meta.json, its ids against the vocabulary
+        data = open_split(folder, meta, cfg.split)  # its size and recorded largest id checked against meta.json
+        check_ids(data, meta["vocab_size"], os.path.join(folder, f"{cfg.split}.bin"))  # what is scored, read anyway
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the {cfg.split} split in {folder}/ ({e}); pass --data_dir") from None
     mlm = mlm_setup(meta, tc)[1] if tc.objective == "mlm" else None
@@ -296,14 +303,13 @@ def run(cfg):
         result.update(set_scores(model, x, data, ngram_table(train_split, k, meta["vocab_size"]), k, cfg, ctx,
                                  device))
     result.update(out_dir=cfg.out_dir, split=cfg.split, iter=ckpt.get("iter_num"), seed=tcfg.get("seed"),
-                  objective=tc.objective, batching=tc.batching, targets=tc.sigmoid_targets if tc.head == "sigmoid"
-                  else "next")
+                  objective=tc.objective, batching=tc.batching,
+                  targets=tc.sigmoid_targets if model.config.head == "sigmoid" else "next")
     if mlm:
         result["masking"] = {"seed": cfg.seed, "prob": tc.mlm_prob, "mask": tc.mlm_mask, "random": tc.mlm_random}
     path = os.path.join(cfg.out_dir, f"eval_{cfg.split}.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
     reliability_plot([("raw", result["bins"]), ("temperature-scaled", result["temperature_scaled"]["bins"])],
                      os.path.join(cfg.out_dir, f"reliability_{cfg.split}.png"))
     return result
@@ -391,7 +397,8 @@ def compare(dirs, out="compare"):
     ax.set_ylabel("val NLL (nats/token)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(f"{out}_val_loss.png", dpi=120)
+    with atomic_write(f"{out}_val_loss.png") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     reliability_plot([(f"{h} ({rs[0]['out_dir']})", rs[0]["bins"]) for h, rs in groups.items()],
                      f"{out}_reliability.png")

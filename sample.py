@@ -20,7 +20,7 @@ bayes_samples weight draws.
 
 A masked language model (trained with objective='mlm') does not continue text; it fills in blanks: --fill
 takes a text with one <mask> per token to fill (per character, for a character model) and replaces them one
-at a time, the mask the model is surest of first, each choice then context for the rest (GPT.fill says why
+at a time, the mask the model is surest of first, each choice then context for the rest (generate.fill says why
 that beats filling all of them from one pass). --greedy takes the likeliest token at each; otherwise the same
 temperature/top-k/top-p draw as above, and --num_samples gives different fillings.
 """
@@ -32,10 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
+from checkpoint import PRETRAINED, build_model, from_pretrained, load_checkpoint
 from configurator import UserError, configure, main_guard, show
-from model import GPT
+from generate import fill as fill_masks, stream
+from model import autocast, pick_device, pick_dtype
 from tokenizer import from_spec
-from train import autocast, build_model, load_checkpoint, pick_device, pick_dtype
 
 
 @dataclass
@@ -65,6 +66,10 @@ def check(cfg):
         raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+    try:
+        pick_dtype(cfg.dtype, "cpu")
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def read_text(text):
@@ -82,11 +87,11 @@ def load_model(cfg, device):
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
         return build_model(ckpt, cfg.out_dir), ckpt["tokenizer"]
-    if not (cfg.init_from in GPT.PRETRAINED or os.path.isdir(cfg.init_from)):
-        raise UserError(f"init_from must be 'resume', {', '.join(GPT.PRETRAINED)} or a HuggingFace GPT-2 folder, "
+    if not (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
+        raise UserError(f"init_from must be 'resume', {', '.join(PRETRAINED)} or a HuggingFace GPT-2 folder, "
                         f"not {cfg.init_from!r}")
     try:
-        model = GPT.from_pretrained(cfg.init_from)
+        model = from_pretrained(cfg.init_from)
     except (ImportError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     if model.config.vocab_size != 50257:
@@ -135,7 +140,7 @@ def main(argv=None):
         out, shown = list(ids), len(tok.decode(ids))
         sys.stdout.write(tok.decode(ids))
         with ctx:
-            for nxt in model.stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy,
+            for nxt in stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy,
                                     stop_token=tok.eot_token):
                 out.append(nxt.item())
                 n_tokens += 1
@@ -156,7 +161,7 @@ def main(argv=None):
 
 
 def fill(model, tok, cfg, device, ctx):
-    """--fill: print the text with every <mask> filled in, num_samples times (GPT.fill)."""
+    """--fill: print the text with every <mask> filled in, num_samples times (generate.fill)."""
     mask = tok.special_tokens.get("<mask>")
     try:
         ids = tok.encode(read_text(cfg.fill), allowed_special={"<mask>"} if mask is not None else ())
@@ -171,7 +176,7 @@ def fill(model, tok, cfg, device, ctx):
     t0 = time.time()
     for k in range(cfg.num_samples):
         with ctx:
-            out = model.fill(x, mask, mask, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy)
+            out = fill_masks(model, x, mask, mask, cfg.temperature, cfg.top_k, cfg.top_p, cfg.greedy)
         sys.stdout.write(tok.decode(out[0].tolist()) + "\n")
         sys.stdout.write("---------------\n" if k < cfg.num_samples - 1 else "")
         sys.stdout.flush()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import checkpoint
 from model import GPT, GPTConfig, RMSNorm, SwiGLU, apply_rope, rope_tables
 from test_model import assert_causal, assert_generation_paths_agree, assert_prefill_and_steps_match_full_forward
 
@@ -226,9 +227,8 @@ def test_train_config_passes_the_switches_and_fine_tuning_checks_them():
     src = dict(tiny().config.__dict__)
     del src["norm"], src["mlp"], src["pos"]  # a checkpoint from before the switches: GPT-2's parts
     with pytest.raises(UserError, match="norm='layernorm'"):
-        train.fine_tune_from(m, {"model_config": src, "model": {}, "tokenizer": "t"}, {"tokenizer": "t"})
-    train.fine_tune_from(tiny(), {"model_config": src, "model": tiny().state_dict(), "tokenizer": "t"},
-                         {"tokenizer": "t"})
+        checkpoint.fine_tune_from(m, {"model_config": src, "model": {}, "tokenizer": "t"}, "t")
+    checkpoint.fine_tune_from(tiny(), {"model_config": src, "model": tiny().state_dict(), "tokenizer": "t"}, "t")
 
 
 def test_llama_config_is_the_quickstart_with_llama_parts():

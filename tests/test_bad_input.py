@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import prepare_data
 import sample
 import train

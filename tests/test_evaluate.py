@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import evaluate
 import train
+from generate import generate
 from conftest import TINY, run_script
 from model import GPT, GPTConfig
 
@@ -48,7 +49,7 @@ def test_temperature_fit_recovers_the_temperature_the_data_was_sampled_at():
     m = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
     with torch.no_grad():
         m.transformer.wte.weight.mul_(40)  # peaked predictions, so the temperature is well identified
-        seq = m.generate(torch.randint(11, (600, 1)), 16, temperature=2.0)  # the data: sampled at T = 2
+        seq = generate(m, torch.randint(11, (600, 1)), 16, temperature=2.0)  # the data: sampled at T = 2
     cfg = evaluate.EvalConfig(batch_size=64)
     result = evaluate.evaluate(m, seq[:, :-1], seq[:, 1:], cfg, torch.no_grad(), "cpu")
     assert result["temperature_scaled"]["T"] == pytest.approx([2.0, 2.0], rel=0.15)

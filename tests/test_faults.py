@@ -17,6 +17,10 @@ import time
 import pytest
 import torch
 
+import checkpoint
+import configurator
+import data
+import metrics
 import train
 from conftest import ROOT, SHAKESPEARE, TINY, metrics as rows, uninterrupted_and_resumed
 from configurator import UserError
@@ -88,7 +92,7 @@ def test_kill_9_mid_training_loses_only_the_work_since_the_checkpoint(data_dir, 
     wait_for_iter(p, out, at)
     p.kill()  # SIGKILL: no handler runs, nothing is flushed
     p.wait()
-    ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))  # intact and loadable
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))  # intact and loadable
     assert ckpt["iter_num"] % 5 == 0 and ckpt["iter_num"] <= at + 1
     resume(data_dir, out)
     assert_same_run(reference, rows(out))
@@ -140,16 +144,16 @@ def test_kill_9_of_prepare_data_leaves_nothing_half_written(tmp_path, shakespear
     cfg = train.TrainConfig(dataset="shakespeare_char", data_dir=str(tmp_path), block_size=32)
     if where == "prepare_write":  # the previous data is untouched and still reads
         assert prepared(tmp_path) == before
-        meta, splits = train.load_data(cfg)
+        meta, splits = data.load_splits(cfg)[:2]
         assert meta["train_tokens"] == len(splits["train"]) < 200_000
     else:  # train.bin is new, val.bin old: without meta.json nothing reads the mix
         assert not os.path.exists(tmp_path / "shakespeare_char" / "meta.json")
         with pytest.raises(UserError, match="no prepared data .* run `python prepare_data.py"):
-            train.load_data(cfg)
+            data.load_splits(cfg)[:2]
     r = subprocess.run([sys.executable, *args, "--input", SHAKESPEARE], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path / "shakespeare_char")) == ["meta.json", "train.bin", "val.bin"]
-    meta, splits = train.load_data(cfg)
+    meta, splits = data.load_splits(cfg)[:2]
     assert meta["train_tokens"] + meta["val_tokens"] == len(shakespeare_text)
 
 
@@ -160,7 +164,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, t
     monkeypatch.setenv("NANOGPT_TEST_NAN_AT", "12")
     with pytest.raises(UserError, match=r"not finite at iteration 12: .*ckpt.pt still holds iteration 10"):
         train.main([*common(data_dir), f"--out_dir={out}", f"--max_iters={MAX}"])
-    ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["iter_num"] == 10
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     monkeypatch.delenv("NANOGPT_TEST_NAN_AT")
@@ -175,7 +179,7 @@ def test_the_fp16_grad_scalers_skipped_steps_do_not_stop_training(data_dir, tmp_
     out = str(tmp_path / "out")
     train.main([*TINY, f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=30", "--eval_interval=30",
                 "--dtype=float16"])
-    scale = train.load_checkpoint(os.path.join(out, "ckpt.pt"))["scaler"]["scale"]
+    scale = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))["scaler"]["scale"]
     assert scale <= 2.0 ** 20  # at least 10 steps were skipped
     assert rows(out)[-1]["val_loss"] < rows(out)[0]["val_loss"]
 
@@ -189,7 +193,7 @@ def test_a_nan_on_one_process_stops_every_process_at_that_iteration(data_dir, tm
     assert r.returncode != 0
     assert "error: the loss (or its gradient) is not finite at iteration 12 on some process" in r.stderr
     assert "Traceback" not in r.stderr.split("distributed/elastic")[0]  # after that: torchrun's own report
-    ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["iter_num"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert max(row["iter"] for row in rows(out)) == 11  # no process took step 12
 
@@ -230,7 +234,8 @@ def test_a_read_only_out_dir_is_refused_before_training(data_dir, tmp_path, monk
             if str(path).startswith(str(out)) and any(c in mode for c in "wax+"):
                 raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
             return real_open(path, mode, *a, **k)
-        monkeypatch.setattr(train, "open", read_only_open, raising=False)  # train.py's open, nobody else's
+        for module in (metrics, configurator):  # the files that open a run's files for writing, nobody else's
+            monkeypatch.setattr(module, "open", read_only_open, raising=False)
     except PermissionError:
         pass  # not root: the chmod itself makes the folder read-only
     try:
@@ -252,7 +257,7 @@ def test_a_signal_saves_at_the_current_iteration_and_resume_is_exact(data_dir, t
     assert p.wait(timeout=60) == 128 + sig  # 130 for Ctrl-C, 143 for SIGTERM
     err = p.stderr.read()
     assert "Traceback" not in err
-    ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))
     last = max(r["iter"] for r in rows(out) if "loss" in r)
     assert ckpt["iter_num"] == last + 1 > 12  # the step under way finished, then saved: nothing lost
     resume(data_dir, out)
@@ -267,7 +272,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_every_process_stops(data_dir, tmp_
     wait_for_iter(p, out, 8)
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group gets it
     p.wait(timeout=120)
-    ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))
     last = max(r["iter"] for r in rows(out) if "loss" in r)
     assert ckpt["iter_num"] == last + 1 > 8 and len(ckpt["rng"]["torch"]) == 2
     assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))

@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import heads
 import train
 from conftest import TINY
 from configurator import UserError
-import model
-from model import GPT, GPTConfig, SigmoidBCE
+from generate import generate
+from heads import SigmoidBCE
+from model import GPT, GPTConfig
 
 HEADS = ["softmax", "sigmoid", "bayes"]
 
@@ -73,6 +75,15 @@ def test_sigmoid_loss_with_target_sets_is_bce_against_a_multi_hot_target():
     assert torch.allclose(loss, ref, atol=1e-5) and torch.allclose(ours, z.grad, atol=1e-6)
     assert multi_hot.sum() > 12  # some sets have more than the one token
     torch.autograd.gradcheck(SigmoidBCE.apply, (z.detach().double().view(12, 9).requires_grad_(), rows, cols))
+    # the fast Function against heads.py's reference formula: values and gradients
+    zz = z.detach().view(12, 9).requires_grad_()
+    w = torch.randn(12)  # an uneven incoming gradient
+    (SigmoidBCE.apply(zz, rows, cols) * w).sum().backward()
+    fast = zz.grad.clone()
+    zz.grad = None
+    (heads.sigmoid_bce_reference(zz, rows, cols) * w).sum().backward()
+    assert torch.allclose(fast, zz.grad, atol=1e-6)
+    assert torch.allclose(SigmoidBCE.apply(zz, rows, cols), heads.sigmoid_bce_reference(zz, rows, cols), atol=1e-5)
     with pytest.raises(ValueError, match="sigmoid head"):
         small("softmax", V=9).head_loss(z, y, target_sets=(rows, cols))
 
@@ -122,7 +133,7 @@ def test_bayes_kl_matches_monte_carlo():
 def test_bayes_kl_and_its_gradients_equal_autograd_of_torch_distributions(rows, monkeypatch):
     m = small("bayes", bayes_prior_std=0.5, bayes_init_std=0.05)
     if rows:
-        monkeypatch.setattr(model, "BLOCK", rows * m.config.n_embd)
+        monkeypatch.setattr(heads, "BLOCK", rows * m.config.n_embd)
     with torch.no_grad():
         m.lm_rho.add_(2 * torch.randn_like(m.lm_rho))  # sigmas from ~0.001 to ~2, around the prior's 0.5
     kl = m.kl()
@@ -133,6 +144,12 @@ def test_bayes_kl_and_its_gradients_equal_autograd_of_torch_distributions(rows, 
     reference = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 0.5)).sum()
     assert torch.allclose(kl, reference, rtol=1e-5)
     (3 * reference).backward()
+    assert torch.allclose(mine[0], m.lm_head.weight.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(mine[1], m.lm_rho.grad, rtol=1e-4, atol=1e-6)
+    m.zero_grad()  # and against heads.py's reference formula
+    formula = heads.gaussian_kl_reference(m.lm_head.weight, m.lm_rho, 0.5)
+    assert torch.allclose(kl, formula, rtol=1e-5)
+    (3 * formula).backward()
     assert torch.allclose(mine[0], m.lm_head.weight.grad, rtol=1e-5, atol=1e-6)
     assert torch.allclose(mine[1], m.lm_rho.grad, rtol=1e-4, atol=1e-6)
 
@@ -165,7 +182,7 @@ def test_bayes_training_loss_and_gradients_equal_autograd_of_the_formula(rows, m
     m = small("bayes", bayes_init_std=0.5).train()
     V = m.config.vocab_size
     if rows:
-        monkeypatch.setattr(model, "BLOCK", rows * V)
+        monkeypatch.setattr(heads, "BLOCK", rows * V)
     idx, y = torch.randint(11, (2, 16)), torch.randint(11, (2, 16))
     y[0, :3] = -1
     grads = []
@@ -175,11 +192,10 @@ def test_bayes_training_loss_and_gradients_equal_autograd_of_the_formula(rows, m
         if fused:
             loss = m(idx, y)[1]
         else:
-            h = m.hidden(idx)
-            z = m.logits(h)
-            eps = torch.cat([torch.randn(len(b), V) for b in torch.arange(32).split(rows or 32)]).view(2, 16, V)
-            s = z + m.logit_std(h) * eps
-            loss = F.cross_entropy(s.flatten(0, 1), y.flatten(), ignore_index=-1)
+            h = m.hidden(idx).flatten(0, 1)
+            eps = torch.cat([torch.randn(len(b), V) for b in torch.arange(32).split(rows or 32)])
+            ce = heads.sampled_ce_reference(m.logits(h), h, m.lm_rho, y.flatten().clamp_min(0), eps)
+            loss = ce[y.flatten() != -1].mean()  # heads.py's reference formula, over the targets that count
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
@@ -222,7 +238,7 @@ def test_kv_cache_generation_equals_cache_free(head):
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(7)
-        outs.append(m.generate(prompt, 30, temperature=0.9, top_p=0.95, use_cache=use_cache))
+        outs.append(generate(m, prompt, 30, temperature=0.9, top_p=0.95, use_cache=use_cache))
     assert torch.equal(outs[0], outs[1])
 
 

@@ -8,7 +8,9 @@ import torch
 transformers = pytest.importorskip("transformers")  # in requirements-dev.txt: CI always runs these
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+import checkpoint  # noqa: E402
 import train  # noqa: E402
+from checkpoint import export_hf, from_pretrained  # noqa: E402
 from conftest import TINY, run_script  # noqa: E402
 from configurator import UserError  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -28,12 +30,12 @@ def hf_gpt2(folder, vocab_size=100, n_positions=64, **kw):
 
 def test_import_gives_the_same_logits(tmp_path):
     hf = hf_gpt2(tmp_path / "hf")
-    ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = from_pretrained(str(tmp_path / "hf")).eval()
     idx = torch.randint(100, (3, 64))
     with torch.no_grad():
         assert (ours(idx)[0] - hf(idx).logits).abs().max() <= 1e-4
         # a shorter block_size keeps the first positions
-        short = GPT.from_pretrained(str(tmp_path / "hf"), block_size=16).eval()
+        short = from_pretrained(str(tmp_path / "hf"), block_size=16).eval()
         assert short.transformer.wpe.weight.shape[0] == 16
         assert (short(idx[:, :16])[0] - hf(idx[:, :16]).logits).abs().max() <= 1e-4
 
@@ -43,28 +45,28 @@ def test_import_with_other_heads(tmp_path):
     idx = torch.randint(100, (2, 20))
     with torch.no_grad():
         ref = hf(idx).logits
-        sig = GPT.from_pretrained(str(tmp_path / "hf"), head="sigmoid").eval()
+        sig = from_pretrained(str(tmp_path / "hf"), head="sigmoid").eval()
         assert torch.allclose(sig.lm_bias, torch.full((100,), -torch.log(torch.tensor(99.0))))  # its init
         assert (sig(idx)[0] - sig.lm_bias - ref).abs().max() <= 1e-4
-        bay = GPT.from_pretrained(str(tmp_path / "hf"), head="bayes", bayes_init_std=1e-3).eval()
+        bay = from_pretrained(str(tmp_path / "hf"), head="bayes", bayes_init_std=1e-3).eval()
         assert (bay(idx)[0] - ref).abs().max() <= 1e-4  # the posterior mean is the pretrained matrix
         assert torch.allclose(torch.nn.functional.softplus(bay.lm_rho), torch.tensor(1e-3))
     with pytest.raises(ValueError, match="n_layer"):
-        GPT.from_pretrained(str(tmp_path / "hf"), n_layer=3)
+        from_pretrained(str(tmp_path / "hf"), n_layer=3)
     with pytest.raises(ValueError, match="longer than"):
-        GPT.from_pretrained(str(tmp_path / "hf"), block_size=65)
+        from_pretrained(str(tmp_path / "hf"), block_size=65)
 
 
 def test_import_refuses_variants_it_does_not_implement(tmp_path):
     hf_gpt2(tmp_path / "hf", activation_function="relu")
     with pytest.raises(ValueError, match="variant"):
-        GPT.from_pretrained(str(tmp_path / "hf"))
+        from_pretrained(str(tmp_path / "hf"))
 
 
 def test_offline_hub_name_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="HF_HUB_OFFLINE|local folder"):
-        GPT.from_pretrained("gpt2-this-is-not-cached")
+        from_pretrained("gpt2-this-is-not-cached")
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -74,14 +76,14 @@ def test_export_reloads_in_transformers(tmp_path, bias):
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ours.export_hf(str(tmp_path / "out"), eos_token_id=69)
+    export_hf(ours, str(tmp_path / "out"), eos_token_id=69)
     assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "out"))
     hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
     idx = torch.randint(70, (2, 32))
     with torch.no_grad():
         assert (hf(idx).logits - ours(idx)[0]).abs().max() <= 1e-4
     # and back: the round trip keeps every weight
-    back = GPT.from_pretrained(str(tmp_path / "out"))
+    back = from_pretrained(str(tmp_path / "out"))
     for k, v in ours.state_dict().items():
         if k in back.state_dict():
             assert torch.equal(back.state_dict()[k], v), k
@@ -90,18 +92,18 @@ def test_export_reloads_in_transformers(tmp_path, bias):
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
     sig = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8, head="sigmoid"))
     with pytest.raises(ValueError, match="softmax"):
-        sig.export_hf(str(tmp_path / "a"))
+        export_hf(sig, str(tmp_path / "a"))
     assert not os.path.exists(tmp_path / "a")
     for switch in ({"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"pos": "rope"}):
         llama = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8, **switch))
         with pytest.raises(ValueError, match="GPT-2 has LayerNorm"):
-            llama.export_hf(str(tmp_path / "a"))
+            export_hf(llama, str(tmp_path / "a"))
         assert not os.path.exists(tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("mine")
     soft = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(ValueError, match="not empty"):
-        soft.export_hf(str(tmp_path / "b"))
+        export_hf(soft, str(tmp_path / "b"))
     assert os.listdir(tmp_path / "b") == ["keep.txt"]
 
 
@@ -114,7 +116,7 @@ def test_fine_tune_from_a_hf_folder_and_export_from_the_command_line(data_dir, t
     train.main([*args, f"--out_dir={out}", f"--init_from={tmp_path / 'hf'}"])
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     idx = torch.randint(65, (2, 32))
-    model = train.build_model(ckpt, out).eval()
+    model = checkpoint.build_model(ckpt, out).eval()
     with torch.no_grad():  # max_iters=0: the checkpoint holds exactly the imported weights
         assert (model(idx)[0] - hf(idx).logits).abs().max() <= 1e-4
     # a sigmoid head on top of the pretrained body trains
@@ -128,12 +130,12 @@ def test_fine_tune_from_a_hf_folder_and_export_from_the_command_line(data_dir, t
     with pytest.raises(UserError, match="training run's folder: pass"):  # ours, not a HuggingFace folder
         train.main([*args, f"--out_dir={tmp_path / 'y'}", f"--init_from={out}"])
     # command-line export of the fine-tuned checkpoint, loaded back by transformers
-    r = run_script("model.py", "export", out, str(tmp_path / "exported"))
+    r = run_script("checkpoint.py", "export", out, str(tmp_path / "exported"))
     assert r.returncode == 0, r.stderr
     again = GPT2LMHeadModel.from_pretrained(str(tmp_path / "exported")).eval()
     with torch.no_grad():
         assert (again(idx).logits - model(idx)[0]).abs().max() <= 1e-4
-    r = run_script("model.py", "export", str(tmp_path / "sig"), str(tmp_path / "e2"))
+    r = run_script("checkpoint.py", "export", str(tmp_path / "sig"), str(tmp_path / "e2"))
     assert r.returncode == 2 and "softmax" in r.stderr and "Traceback" not in r.stderr
 
 

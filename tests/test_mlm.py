@@ -10,11 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data as batches  # `data` is a common local name here
 import evaluate
 import train
 from conftest import ROOT, TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
 from configurator import UserError, configure
-from model import GPT, GPTConfig, KVCache
+from checkpoint import export_hf
+from generate import KVCache, fill, generate
+from model import GPT, GPTConfig
 from tokenizer import BPETokenizer, CharTokenizer, TiktokenTokenizer, from_spec
 
 MLM = ["--objective=mlm", "--batching=lines"]
@@ -121,15 +124,15 @@ def test_what_each_kind_of_model_refuses(tmp_path):
     bi, ca = tiny(causal=False), tiny()
     idx, am = torch.zeros((1, 4), dtype=torch.long), torch.ones((1, 4), dtype=torch.bool)
     with pytest.raises(ValueError, match="bidirectional .*use fill"):
-        bi.generate(idx, 3)
+        generate(bi, idx, 3)
     with pytest.raises(ValueError, match="fill needs a bidirectional model"):
-        ca.fill(idx, 49)
+        fill(ca, idx, 49)
     with pytest.raises(ValueError, match="KV cache"):
         ca.hidden(idx, KVCache(ca.config), attention_mask=am)
     with pytest.raises(ValueError, match="KV cache"):
         bi.hidden(idx, KVCache(bi.config))
     with pytest.raises(ValueError, match="GPT-2 is causal"):
-        bi.export_hf(str(tmp_path / "hf"))
+        export_hf(bi, str(tmp_path / "hf"))
 
 
 # --- masking -----------------------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def test_masking_proportions_hold(prob, p_mask, p_random, padding):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(V, (400, 500), generator=g)  # 200,000 positions
     real = torch.rand(400, 500, generator=g) < 0.7 if padding else None
-    xm, y = train.mask_tokens(x, real, torch.Generator().manual_seed(1), mlm)
+    xm, y = batches.mask_tokens(x, real, torch.Generator().manual_seed(1), mlm)
     chosen = y != -1
     real = torch.ones_like(chosen) if real is None else real
     assert not (chosen & ~real).any()  # padding is never chosen
@@ -174,7 +177,7 @@ def test_mask_and_pad_ids_follow_the_vocabulary_for_every_tokenizer(monkeypatch,
     cfg = train.TrainConfig(objective="mlm")
     for tok in (CharTokenizer.from_text(shakespeare_text), BPETokenizer.train(shakespeare_text[:20000], 300),
                 TiktokenTokenizer("gpt2")):
-        spec, mlm = train.mlm_setup({"tokenizer": tok.to_spec(), "vocab_size": tok.vocab_size}, cfg)
+        spec, mlm = batches.mlm_setup({"tokenizer": tok.to_spec(), "vocab_size": tok.vocab_size}, cfg)
         new = from_spec(spec)
         assert (new.special_tokens["<mask>"], new.special_tokens["<pad>"]) == (mlm["mask"], mlm["pad"]) == (
             tok.vocab_size, tok.vocab_size + 1)
@@ -184,7 +187,7 @@ def test_mask_and_pad_ids_follow_the_vocabulary_for_every_tokenizer(monkeypatch,
         assert new.encode("a<mask>b", allowed_special={"<mask>"}) == tok.encode("a") + [mlm["mask"]] + tok.encode("b")
         assert new.decode([mlm["mask"], mlm["pad"]]) == "<mask><pad>"
         with pytest.raises(UserError, match="already has <mask> and <pad>"):
-            train.mlm_setup({"tokenizer": spec, "vocab_size": new.vocab_size}, cfg)
+            batches.mlm_setup({"tokenizer": spec, "vocab_size": new.vocab_size}, cfg)
 
 
 # --- batching='lines' --------------------------------------------------------------------------------------
@@ -216,9 +219,9 @@ def test_document_pieces_equal_a_plain_python_reference(sep, size, step):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 8, 3000)  # 0 and 7 are common: runs like 0 0 0 and 7 7 happen
     data = ids.astype(np.uint16)
-    got = train.doc_pieces(data, sep, size, step)
+    got = batches.doc_pieces(data, sep, size, step)
     assert got.tolist() == reference_pieces(ids.tolist(), sep, size, step)
-    assert np.array_equal(train.doc_ends(data, sep, chunk=5), train.doc_ends(data, sep))  # chunk edges
+    assert np.array_equal(batches.doc_ends(data, sep, chunk=5), batches.doc_ends(data, sep))  # chunk edges
     if size == step:  # no overlap: every token of every document of 2+ tokens is in exactly one piece
         covered = np.zeros(len(data), int)
         for s, n in got:
@@ -230,12 +233,12 @@ def test_lines_are_shakespeares_speeches(data_dir, shakespeare_text):
     meta = json.load(open(os.path.join(data_dir, "shakespeare_char", "meta.json")))
     data = np.memmap(os.path.join(data_dir, "shakespeare_char", "val.bin"), dtype=np.uint16, mode="r")
     tok = from_spec(meta["tokenizer"])
-    pieces = train.line_pieces(data, meta, "mlm", 10 ** 6)  # a context longer than any speech: whole speeches
+    pieces = batches.line_pieces(data, meta, "mlm", 10 ** 6)  # a context longer than any speech: whole speeches
     text = tok.decode(data)
     speeches = [s + "\n\n" for s in text.split("\n\n")]
     speeches[-1] = speeches[-1][:-2]
     assert [tok.decode(data[s:s + n]) for s, n in pieces] == [s for s in speeches if len(s) >= 2]
-    short = train.line_pieces(data, meta, "clm", 32)
+    short = batches.line_pieces(data, meta, "clm", 32)
     assert short[:, 1].max() == 33 and short[:, 1].min() >= 2  # clm: block_size + 1 tokens make 32 pairs
 
 
@@ -243,7 +246,7 @@ def test_lines_are_shakespeares_speeches(data_dir, shakespeare_text):
 def test_piece_batch_pads_on_the_right(objective):
     data = np.arange(100, dtype=np.uint16)
     pieces = np.array([[0, 5], [10, 3], [20, 8]])
-    x, y, real = train.piece_batch(data, pieces, [2, 0, 1], objective, pad=99)
+    x, y, real = batches.piece_batch(data, pieces, [2, 0, 1], objective, pad=99)
     rows = [list(range(20, 28)), list(range(0, 5)), list(range(10, 13))]
     cut = 1 if objective == "clm" else 0
     L = 8 - cut
@@ -282,17 +285,17 @@ def test_fill_equals_a_reference_and_never_writes_a_special_token():
     for n_masks in (1, 4, 9):
         idx = torch.randint(50, (1, 16))
         idx[0, torch.randperm(16)[:n_masks]] = 50
-        got = m.fill(idx, 50, greedy=True)
-        assert torch.equal(got, m.fill(idx, 50, temperature=0.0))  # temperature 0 is greedy too
+        got = fill(m, idx, 50, greedy=True)
+        assert torch.equal(got, fill(m, idx, 50, temperature=0.0))  # temperature 0 is greedy too
         assert torch.equal(got, reference_fill(m, idx, 50))
         assert got.max() < 50 and torch.equal(got[idx != 50], idx[idx != 50])
         rows.append(idx)
     batch = torch.cat(rows)  # rows with different numbers of masks fill as they do alone
-    assert torch.equal(m.fill(batch, 50, greedy=True), torch.cat([m.fill(r, 50, greedy=True) for r in rows]))
+    assert torch.equal(fill(m, batch, 50, greedy=True), torch.cat([fill(m, r, 50, greedy=True) for r in rows]))
     torch.manual_seed(7)
-    a = m.fill(batch, 50, temperature=1.0, top_k=10)
+    a = fill(m, batch, 50, temperature=1.0, top_k=10)
     torch.manual_seed(7)
-    assert torch.equal(a, m.fill(batch, 50, temperature=1.0, top_k=10)) and a.max() < 50
+    assert torch.equal(a, fill(m, batch, 50, temperature=1.0, top_k=10)) and a.max() < 50
 
 
 # --- training, evaluation and the scripts ------------------------------------------------------------------
@@ -321,10 +324,10 @@ def test_mlm_on_lines_learns_resumes_exactly_and_evaluates(data_dir, tmp_path):
     m.eval()
     meta = json.load(open(os.path.join(data_dir, "shakespeare_char", "meta.json")))
     val = np.memmap(os.path.join(data_dir, "shakespeare_char", "val.bin"), dtype=np.uint16, mode="r")
-    pieces = train.line_pieces(val, meta, "mlm", 32)
+    pieces = batches.line_pieces(val, meta, "mlm", 32)
     pieces = pieces[:np.searchsorted(np.cumsum(pieces[:, 1]), 3000, side="right")]
-    x, _, am = train.piece_batch(val, pieces, np.arange(len(pieces)), "mlm", 66)
-    x, y = train.mask_tokens(x, am, torch.Generator().manual_seed(1337), train.mlm_setup(meta, train.TrainConfig())[1])
+    x, _, am = batches.piece_batch(val, pieces, np.arange(len(pieces)), "mlm", 66)
+    x, y = batches.mask_tokens(x, am, torch.Generator().manual_seed(1337), batches.mlm_setup(meta, train.TrainConfig())[1])
     assert r["tokens"] == (y != -1).sum().item() and near(r["tokens"], am.sum().item(), 0.15)
     with torch.no_grad():
         z = m(x, attention_mask=am)[0][y != -1]

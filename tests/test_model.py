@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, filter_log_probs
+from generate import KVCache, filter_log_probs, generate
+from model import GPT, GPTConfig
 
 
 def tiny(block_size=16, vocab_size=50, **kw):
@@ -97,7 +98,7 @@ def assert_generation_paths_agree(m, prompt_len, kw):
     torch.manual_seed(5)
     idx = torch.randint(50, (2, prompt_len))
     outs = []
-    for gen in (lambda: m.generate(idx, 45, **kw), lambda: m.generate(idx, 45, use_cache=False, **kw),
+    for gen in (lambda: generate(m, idx, 45, **kw), lambda: generate(m, idx, 45, use_cache=False, **kw),
                 lambda: reference_generate(m, idx, 45, **kw)):
         torch.manual_seed(123)
         outs.append(gen())
@@ -107,9 +108,9 @@ def assert_generation_paths_agree(m, prompt_len, kw):
 
 def test_stop_token_ends_generation():
     m = tiny()
-    out = m.generate(torch.zeros((1, 1), dtype=torch.long), 30, greedy=True)
+    out = generate(m, torch.zeros((1, 1), dtype=torch.long), 30, greedy=True)
     stop = out[0, 5].item()
-    stopped = m.generate(torch.zeros((1, 1), dtype=torch.long), 30, greedy=True, stop_token=stop)
+    stopped = generate(m, torch.zeros((1, 1), dtype=torch.long), 30, greedy=True, stop_token=stop)
     first = (stopped[0, 1:] == stop).nonzero()[0].item() + 1
     assert stopped.size(1) == first + 1 and torch.equal(stopped[0], out[0, :first + 1])
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import data as batches  # `data` is a common local name here
 import evaluate
 import train
 from conftest import TINY, metrics, run_script, uninterrupted_and_resumed
@@ -28,11 +30,11 @@ def test_target_sets_equal_a_plain_python_reference(k):
     train_data = rng.integers(0, V, 400).astype(np.uint16)
     val = rng.integers(0, V, 200).astype(np.uint16)
     val[50:60] = 5  # a context the train split may never have had
-    table = train.ngram_table(train_data, k, V)
+    table = batches.ngram_table(train_data, k, V)
     for data in (train_data, val):
         pos = rng.integers(0, len(data), (3, 7))
         pos[0, :3] = [0, 1, 2]  # positions without k tokens before them
-        rows, cols = train.target_sets(table, data, pos, k, V)
+        rows, cols = batches.target_sets(table, data, pos, k, V)
         got = [set(cols[rows == i].tolist()) for i in range(pos.size)]
         assert got == reference_sets(train_data, data, pos.reshape(-1), k)
         assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)  # no pair twice
@@ -41,7 +43,7 @@ def test_target_sets_equal_a_plain_python_reference(k):
 
 def test_ngram_refusals(data_dir, tmp_path):
     with pytest.raises(UserError, match="too long"):
-        train.ngram_table(np.zeros(10, np.uint16), 5, 50257)  # 50257^5 does not fit in 64 bits
+        batches.ngram_table(np.zeros(10, np.uint16), 5, 50257)  # 50257^5 does not fit in 64 bits
     for bad in (["--head=softmax"], ["--head=sigmoid", "--batching=lines"], ["--head=sigmoid", "--objective=mlm"],
                 ["--head=sigmoid", "--ngram_k=0"]):
         r = run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--out_dir={tmp_path}/x",
@@ -84,8 +86,8 @@ def test_sigmoid_learns_the_sets_and_evaluate_scores_them(data_dir, tmp_path):
     meta = json.load(open(os.path.join(folder, "meta.json")))
     train_data = np.fromfile(os.path.join(folder, "train.bin"), dtype=meta["dtype"])
     val = np.fromfile(os.path.join(folder, "val.bin"), dtype=meta["dtype"])
-    ckpt = train.load_checkpoint(str(tmp_path / "ngram" / "ckpt.pt"))
-    model = train.build_model(ckpt, str(tmp_path / "ngram")).eval()
+    ckpt = checkpoint.load_checkpoint(str(tmp_path / "ngram" / "ckpt.pt"))
+    model = checkpoint.build_model(ckpt, str(tmp_path / "ngram")).eval()
     T = model.config.block_size
     n = 2048 // T
     x = torch.from_numpy(val[:n * T].astype(np.int64)).view(n, T)

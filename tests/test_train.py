@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+import checkpoint
 import train
 from conftest import TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
 from configurator import UserError
@@ -88,7 +89,7 @@ def test_checkpoints_never_run_code_and_bad_files_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Payload(str(marker)), "model_config": {}, "tokenizer": {}}, evil)
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        train.load_checkpoint(str(evil))
+        checkpoint.load_checkpoint(str(evil))
     assert not marker.exists()
 
     good = tmp_path / "good.pt"
@@ -96,8 +97,8 @@ def test_checkpoints_never_run_code_and_bad_files_are_refused(tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:500])
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        train.load_checkpoint(str(truncated))
+        checkpoint.load_checkpoint(str(truncated))
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(UserError, match="not a checkpoint of this project"):
-        train.load_checkpoint(str(other))
+        checkpoint.load_checkpoint(str(other))

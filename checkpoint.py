@@ -1,0 +1,307 @@
+"""
+Weights in and out: ckpt.pt (save, load, build a model from it, start from another run's weights, resume
+exactly) and OpenAI's GPT-2 weights through HuggingFace transformers (import and export).
+
+    python checkpoint.py export out-shakespeare-char hf-model   # a softmax checkpoint as a GPT2LMHeadModel folder
+
+A checkpoint is a dict of plain tensors and values, so torch.load(weights_only=True) reads it and loading one
+from a stranger cannot run code. It is self-contained: the model config, the training config and the tokenizer
+spec travel with the weights, and sample.py and evaluate.py need nothing else.
+
+Exact resume. A run continued from its checkpoint makes the same updates as one that never stopped (on a CPU,
+bit for bit; CUDA kernels that add with atomics make it close, not exact). That takes the weights, the
+optimizer's moments and the fp16 loss scale; the iteration, which sets the learning rate; the batch
+generator's state, which sets the next windows; every rank's dropout RNG; and the best val loss and elapsed
+time, which the logs continue. The MLM masks need no state (each batch's come from its own seed, data.mask_seed),
+and evaluation draws from a forked RNG, so neither moves the training streams.
+"""
+
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from configurator import UserError, atomic_write, fault_point, main_guard
+from model import GPT, GPTConfig
+from tokenizer import from_spec
+
+PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's, on the HuggingFace hub
+
+
+def save_checkpoint(path, ckpt):
+    """Written atomically: a crash mid-write leaves the previous checkpoint intact, and so does a full disk or
+    a read-only folder, which end the run with a message instead."""
+    try:
+        with atomic_write(path) as f:
+            torch.save(ckpt, f)
+            fault_point("checkpoint")  # tests/test_faults.py kills the process here, mid-write
+    except OSError as e:
+        raise UserError(f"cannot write the checkpoint {path} ({e.strerror or e}); the previous one, if any, is "
+                        f"untouched: free some space or choose another out_dir, then resume") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain values only, so a checkpoint cannot run code."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}; train one first (python train.py config/...)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met something that is not a tensor or a plain value
+        what = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
+        raise UserError(f"{path} is not a readable checkpoint: it holds Python objects beyond tensors and plain "
+                        f"values ({what.group(0) if what else 'UnpicklingError'}), and loading those could run "
+                        f"code; refused") from None
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path} is not a readable checkpoint: truncated, or not a torch file "
+                        f"({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
+        raise UserError(f"{path} is not a checkpoint of this project (no model/model_config/tokenizer)")
+    return ckpt
+
+
+def build_model(ckpt, where):
+    """The model a checkpoint describes, with its weights, or a clear error if this code cannot hold it."""
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        return model
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint in {where} does not fit this code ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from None
+
+
+def saved_config(ckpt):
+    """The checkpoint's model config with every setting; one older than a switch has that switch's default."""
+    return {**asdict(GPTConfig()), **ckpt["model_config"]}
+
+
+def fine_tune_from(model, src, spec):
+    """Start `model` from another checkpoint's weights: a new run (fresh optimizer, iteration 0), possibly with
+    another head. Weights the two heads share carry over (the tied wte/lm_head matrix is the bayes head's mean);
+    a head's own parameters that the source lacks keep their init (the sigmoid bias at -log(V-1), the bayes
+    sigma at bayes_init_std). spec: this run's tokenizer, which must be the source's."""
+    mine, theirs = asdict(model.config), saved_config(src)
+    for k in ("causal", "block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "norm", "mlp",
+              "mlp_multiple", "pos"):
+        if theirs[k] != mine[k]:
+            raise UserError(f"cannot fine-tune from that checkpoint: it has {k}={theirs[k]!r}, "
+                            f"this config {mine[k]!r}")
+    if src["tokenizer"] != spec:
+        raise UserError("cannot fine-tune from that checkpoint: its tokenizer is not this data's tokenizer")
+    own = model.state_dict()
+    missing, _ = model.load_state_dict({k: v for k, v in src["model"].items() if k in own}, strict=False)
+    dropped = sorted(set(src["model"]) - set(own))
+    print(f"fine-tuning from a {src['model_config'].get('head', 'softmax')} checkpoint"
+          + (f"; fresh: {', '.join(missing)}" if missing else "")
+          + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
+
+
+# --- the resume state (see the top of this file) --------------------------------------------------------------
+
+@dataclass
+class Progress:
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    elapsed: float = 0.0  # seconds of training before this process: time_s counts across resumes
+
+
+def dropout_rng(world, device):
+    """Every rank's dropout RNG states [(torch, cuda or None)] (under torchrun a collective: all ranks call it)."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
+    if world == 1:
+        return [mine]
+    states = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def rng_state(gen, states):
+    """The batch generator's state and every rank's dropout RNG (dropout_rng), as a checkpoint holds them."""
+    return {"batch": gen.get_state(), "torch": [s[0].cpu() for s in states],
+            "cuda": [None if s[1] is None else s[1].cpu() for s in states]}
+
+
+def training_state(model, optimizer, scaler, progress, rng):
+    """What a checkpoint holds for an exact resume (rng: rng_state); train.py adds the configs and tokenizer."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "model_config": asdict(model.config), "iter_num": progress.iter_num,
+            "best_val_loss": progress.best_val_loss, "elapsed": progress.elapsed, "rng": rng, "version": 1}
+
+
+def check_resumable(ckpt, mconf):
+    """Refuse to resume a checkpoint whose model differs from the config's in any setting."""
+    for k, v in saved_config(ckpt).items():
+        if getattr(mconf, k) != v:
+            raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
+                            f"{getattr(mconf, k)!r}")
+
+
+def restore(ckpt, model, optimizer, scaler, gen):
+    """Load the training state into the model, optimizer, GradScaler and batch generator; return its Progress."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    gen.set_state(ckpt["rng"]["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
+    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])
+
+
+def restore_dropout_rng(rng, rank, world, device):
+    """This rank's dropout RNG where it left off, if the checkpoint was written by as many processes; returns
+    whether it could (older checkpoints hold one state, not a list)."""
+    torch_states = rng["torch"] if isinstance(rng["torch"], list) else [rng["torch"]]
+    cuda_states = rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]
+    if len(torch_states) != world:
+        return False
+    torch.set_rng_state(torch_states[rank].cpu())
+    if device.startswith("cuda") and cuda_states[rank] is not None:
+        torch.cuda.set_rng_state(cuda_states[rank].cpu(), device)
+    return True
+
+
+# --- GPT-2 weights in and out (HuggingFace transformers, imported only when used) ---------------------------
+# The parameter names are GPT-2's, so the conversion is one rule: HuggingFace stores the four projection
+# matrices as Conv1D weights of shape (in, out), nn.Linear as (out, in); those get transposed, the rest is
+# copied as is. lm_head is tied to wte in both.
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def load_hf_gpt2(name):
+    """transformers' GPT2LMHeadModel for a hub name or local folder, checked to be a plain GPT-2."""
+    try:
+        from transformers import GPT2LMHeadModel  # optional: only GPT-2's weights need it
+    except ImportError:
+        raise ImportError("GPT-2 weights need the transformers package: pip install transformers") from None
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(name)
+    except OSError as e:  # what transformers raises for "not found", offline included
+        raise OSError(f"could not load GPT-2 weights {name!r}: {str(e).splitlines()[0][:300]}. Offline? Download "
+                      f"once with internet (it is cached in ~/.cache/huggingface), then set HF_HUB_OFFLINE=1; "
+                      f"or pass a local folder written by save_pretrained") from None
+    c = hf.config
+    plain = (c.activation_function in ("gelu_new", "gelu_pytorch_tanh") and c.n_inner in (None, 4 * c.n_embd)
+             and c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx and c.layer_norm_epsilon == 1e-5
+             and c.tie_word_embeddings)
+    if not plain:
+        raise ValueError(f"{name} is a GPT-2 variant this model does not implement (activation "
+                         f"{c.activation_function}, n_inner {c.n_inner}, layer_norm_epsilon {c.layer_norm_epsilon}, tied output "
+                         f"weights {c.tie_word_embeddings})")
+    return hf.float()
+
+
+def from_pretrained(name, **overrides):
+    """GPT-2 from the HuggingFace hub ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or from a local folder
+    written by save_pretrained. overrides: settings that leave the weights' shapes alone: dropout, the head
+    (sigmoid and bayes start from the pretrained matrix, their own parameters at their init) and block_size (at
+    most the model's 1,024: the position embeddings are cut to it)."""
+    allowed = {"block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std", "bayes_samples"}
+    if set(overrides) - allowed:
+        raise ValueError(f"from_pretrained can only change {', '.join(sorted(allowed))}, "
+                         f"not {', '.join(sorted(set(overrides) - allowed))}")
+    hf = load_hf_gpt2(name)
+    c = hf.config
+    block_size = overrides.pop("block_size", c.n_positions)
+    if block_size > c.n_positions:
+        raise ValueError(f"block_size {block_size} is longer than {name}'s {c.n_positions} positions")
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                          n_embd=c.n_embd, bias=True, **overrides))
+    sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in hf.state_dict().items()
+          if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers of older versions
+    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or set(missing) - {"lm_bias", "lm_rho"}:
+        raise ValueError(f"{name} does not fit GPT-2's layout (missing {missing}, unexpected {unexpected})")
+    return model
+
+
+def from_gpt2(name, mconf, spec):
+    """A model holding OpenAI's GPT-2 weights (init_from='gpt2', ... or a HuggingFace folder) with the training
+    config's head, dropout and block_size. The config must state the pretrained shape (n_layer, n_head,
+    n_embd): resuming this run is checked against it, so the config file says what model it trains."""
+    kw = {k: getattr(mconf, k) for k in ("block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std",
+                                         "bayes_samples")}
+    try:
+        model = from_pretrained(name, **kw)
+    except (ImportError, OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    diff = [k for k, v in asdict(model.config).items() if getattr(mconf, k) != v]
+    if diff:
+        raise UserError(f"init_from={name} has " + ", ".join(f"{k}={getattr(model.config, k)!r}" for k in diff)
+                        + "; the config says " + ", ".join(f"{k}={getattr(mconf, k)!r}" for k in diff)
+                        + (": set the same in the config" if "vocab_size" not in diff else
+                           " (vocab_size is the data's: prepare it with --tokenizer gpt2)"))
+    if name in PRETRAINED and (spec.get("kind"), spec.get("name")) != ("tiktoken", "gpt2"):
+        raise UserError(f"{name} reads GPT-2's tokens; this data has a {spec.get('kind')} tokenizer: "
+                        f"prepare it with --tokenizer gpt2")
+    print(f"starting from {name}'s weights")
+    return model
+
+
+def export_hf(model, folder, eos_token_id=None):
+    """Write a model as a HuggingFace GPT2LMHeadModel folder (config.json + model.safetensors), which
+    `transformers.GPT2LMHeadModel.from_pretrained(folder)` and everything built on it can load. Only what
+    GPT-2's architecture can express: the softmax head (bias=False exports as zero biases, which is the same
+    function). The folder must not exist or be empty; it appears complete or not at all."""
+    c = model.config
+    if c.head != "softmax":
+        raise ValueError(f"only the softmax head exists in GPT-2; this model's head is {c.head!r}")
+    if (c.norm, c.mlp, c.pos) != ("layernorm", "gelu", "learned"):
+        raise ValueError(f"GPT-2 has LayerNorm, a GELU MLP and learned positions; this model has norm={c.norm}, "
+                         f"mlp={c.mlp}, pos={c.pos}")
+    if not c.causal:
+        raise ValueError("GPT-2 is causal; this model is bidirectional (a masked language model)")
+    if os.path.isdir(folder) and os.listdir(folder) or os.path.isfile(folder):
+        raise ValueError(f"{folder} exists and is not empty: choose a new folder")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hc = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                    n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                    resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+                    tie_word_embeddings=True, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+    hf = GPT2LMHeadModel(hc)
+    ours = model.state_dict()
+    sd = {k: (ours[k].t() if k.endswith(CONV1D) else ours[k]) if k in ours else torch.zeros_like(v)
+          for k, v in hf.state_dict().items()}  # absent keys: biases of a bias=False model
+    hf.load_state_dict({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, strict=True)
+    # a folder, not a file: the same idea as atomic_write, a temporary folder renamed into place
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(folder)))
+    try:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        if os.path.isdir(folder):
+            os.rmdir(folder)  # empty (checked above)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    """python checkpoint.py export OUT_DIR FOLDER: a checkpoint as a HuggingFace GPT-2 folder (export_hf)."""
+    import argparse
+    p = argparse.ArgumentParser(description="Export a softmax-head checkpoint as a HuggingFace GPT-2 model folder "
+                                "(config.json + model.safetensors) for transformers.")
+    p.add_argument("command", choices=["export"])
+    p.add_argument("out_dir", help="the run's folder holding ckpt.pt, or a ckpt.pt file")
+    p.add_argument("folder", help="where the model goes: a new or empty folder")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    path = args.out_dir if os.path.isfile(args.out_dir) else os.path.join(args.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt, args.out_dir)
+    try:
+        eot = from_spec(ckpt["tokenizer"]).eot_token  # generation in transformers stops there
+    except (OSError, ValueError, TypeError):
+        eot = None
+    try:
+        export_hf(model, args.folder, eos_token_id=eot)
+    except (ImportError, ValueError, OSError) as e:
+        raise UserError(f"cannot export: {e}") from None
+    print(f"wrote {args.folder}: load it with transformers.GPT2LMHeadModel.from_pretrained({args.folder!r})")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,193 @@
+"""
+The output heads: how the final hidden states become a training loss and a next-token distribution.
+
+    softmax  p(y) = exp(z_y) / sum_j exp(z_j); loss -log p(y), the cross-entropy (GPT-2's head)
+    sigmoid  each token j its own yes/no, P(j follows) = sigma(z_j); loss: binary cross-entropy summed over
+             the vocabulary (one "yes", V-1 "no"s); as one distribution, p(y) = sigma(z_y) / sum_j sigma(z_j)
+    bayes    a Gaussian over every output weight, W ~ q(W) = N(mu, sigma^2); trained on one draw per token plus
+             KL(q || prior) / N, predicting with the average of several draws' softmax
+
+For each: first the plain formula, a few lines that autograd differentiates. Then, where it pays, a fast
+autograd Function with the gradient written out, whose docstring says what it saves; tests/test_heads.py
+checks that both give the same values and gradients. model.py picks the head (GPT.head_loss, log_probs).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# --- softmax ----------------------------------------------------------------------------------------------
+
+
+def softmax_log_probs(z):
+    """Normalised log-probabilities (..., V) from logits z (fp32)."""
+    return F.log_softmax(z, dim=-1)
+
+
+# --- sigmoid / binary cross-entropy -------------------------------------------------------------------------
+
+
+def sigmoid_bce_reference(z, rows, cols):
+    """Per token, BCE summed over the vocabulary against a multi-hot target: logits z (N, V) and each token's set
+    of right answers as (rows, cols) pairs, one (token, id) per member (the next token alone: rows = 0..N-1)."""
+    target = torch.zeros_like(z)
+    target[rows, cols] = 1
+    return F.binary_cross_entropy_with_logits(z, target, reduction="none").sum(-1)  # (N,)
+
+
+class SigmoidBCE(torch.autograd.Function):
+    """Same values and gradients as sigmoid_bce_reference. -log sigma(z) = softplus(z) - z and -log(1 - sigma(z))
+    = softplus(z), so the loss is sum_j softplus(z_j) - sum_{j in S} z_j: one pass, no dense target. Its gradient
+    sigma(z) - multihot(S) is written out, so backward builds one (N, V) tensor, as cross-entropy's does."""
+
+    @staticmethod
+    def forward(ctx, z, rows, cols):
+        ctx.save_for_backward(z, rows, cols)
+        hits = torch.zeros(len(z), dtype=z.dtype, device=z.device).index_add_(0, rows, z[rows, cols])
+        return F.softplus(z).sum(-1) - hits
+
+    @staticmethod
+    def backward(ctx, g):
+        z, rows, cols = ctx.saved_tensors
+        grad = torch.sigmoid(z)
+        grad.index_put_((rows, cols), z.new_tensor(-1.0), accumulate=True)
+        return grad.mul_(g[:, None]), None, None
+
+
+def sigmoid_log_probs(z):
+    """log(sigma(z) / sum_j sigma(z_j)), normalised over the vocabulary."""
+    ls = F.logsigmoid(z)
+    return ls - ls.logsumexp(-1, keepdim=True)
+
+
+# --- bayes: a Gaussian last layer ---------------------------------------------------------------------------
+# Logits z_j = h . w_j with independent w_jc ~ N(mu_jc, sigma_jc^2) are Gaussian themselves: mean h . mu_j,
+# variance sum_c h_c^2 sigma_jc^2. Drawing logits from that (the local reparameterisation trick) has the same
+# distribution as drawing W and multiplying, without ever making a (V, C) weight sample.
+
+
+def logit_std(h, rho):
+    """The standard deviation of each logit (..., V) for hidden states h (..., C); sigma = softplus(rho)."""
+    return (h.square() @ F.softplus(rho).square().t()).clamp_min(1e-20).sqrt()
+
+
+def sampled_ce_reference(z, h, rho, y, eps):
+    """bayes training loss per token: the cross-entropy of one draw of the logits, s = z + std * eps, for mean
+    logits z (N, V), hidden states h (N, C), the weights' rho (V, C), targets y (N,) and noise eps (N, V)."""
+    return F.cross_entropy(z + logit_std(h, rho) * eps, y, reduction="none")
+
+
+# The fast versions go through their (N, V) or (V, C) tensors a block of rows at a time: what is needed only on
+# the way (the noise, the draw, sigma) lives in one block-sized buffer, and only the results exist at full size.
+# Written as plain torch ops they make a dozen full-size temporaries, and on a CPU each fresh tensor this size
+# costs a pass of page faults besides its own writes (docs/design.md, "Output heads").
+
+BLOCK = 2 ** 20  # elements in a block on a CPU: 4 MB of fp32, in cache
+
+
+def row_blocks(x):
+    """Slices of x's rows, about BLOCK elements each on a CPU, 64x that on a GPU (where what counts is few
+    kernel launches, and the caching allocator makes big temporaries cheap)."""
+    rows = max(1, (BLOCK if x.device.type == "cpu" else 64 * BLOCK) // x[0].numel())
+    return [slice(i, i + rows) for i in range(0, len(x), rows)]
+
+
+def scratch(x, blocks):
+    """One block's worth of fp32 memory, reused by every block."""
+    return torch.empty((blocks[0].stop - blocks[0].start, *x.shape[1:]), device=x.device)
+
+
+class SampledCE(torch.autograd.Function):
+    """Same values and gradients as sampled_ce_reference (with h2 = h^2 given, and eps drawn here, one (rows, V)
+    block at a time). Gradients, written out:
+        dL/dz = softmax(s) - onehot(y)          dL/dv = dL/dz * eps / (2 sqrt(v))       (v = z's variance)
+        dL/dh2 = (dL/dv) s2                     dL/drho = ((dL/dv)^T h2) * 2 sigma * sigmoid(rho)
+    Both (N, V) gradients are made in forward, where each block's draw is at hand, in the memory of v and of
+    one other tensor; backward scales them by the incoming gradient and does the matmuls."""
+
+    @staticmethod
+    def forward(ctx, z, h2, rho, y):
+        s2 = F.softplus(rho.float()).square_()
+        gv = torch.mm(h2, s2.to(h2.dtype).t()).float()  # the variances v, then dL/dv in the same memory
+        gz = torch.empty_like(z)  # each block's draw s, then softmax(s) - onehot(y) in the same memory
+        loss = z.new_empty(len(z))
+        blocks = row_blocks(z)
+        noise = scratch(z, blocks)
+        for b in blocks:
+            std = gv[b].clamp_min_(1e-20).sqrt_()
+            eps = noise[:len(std)].normal_()
+            s = torch.addcmul(z[b], eps, std, out=gz[b])
+            lse = s.logsumexp(-1)
+            loss[b] = lse - s.gather(1, y[b, None]).squeeze(1)
+            p = s.sub_(lse[:, None]).exp_()  # softmax(s), in place
+            p[torch.arange(len(p), device=p.device), y[b]] -= 1
+            torch.mul(p, eps.div_(std).mul_(0.5), out=std)  # dL/dv = dL/dz * eps / (2 std), over std
+        ctx.save_for_backward(gz, gv, h2, s2)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        # the saved tensors are changed in place: a second backward (retain_graph) is refused by autograd's
+        # check that saved tensors are unchanged
+        gz, gv, h2, s2 = ctx.saved_tensors
+        gz.mul_(g[:, None])
+        gv = gv.mul_(g[:, None]).to(h2.dtype)
+        grad_h2 = gv @ s2.to(h2.dtype)
+        grad_rho = (gv.t() @ h2).float()
+        sigma = s2.sqrt_()  # d sigma / d rho = sigmoid(rho) = 1 - exp(-sigma), as softplus(rho) = log(1 + e^rho)
+        grad_rho.mul_(sigma).mul_(2).mul_(sigma.neg_().expm1_().neg_())
+        return gz, grad_h2, grad_rho, None
+
+
+def gaussian_kl_reference(mu, rho, sp):
+    """KL(N(mu, sigma^2) || N(0, sp^2)) summed over the weights, sigma = softplus(rho), in closed form:
+    log(sp / sigma) + (sigma^2 + mu^2) / (2 sp^2) - 1/2 per weight."""
+    sigma = F.softplus(rho.float())
+    return (math.log(sp) - sigma.log() + (sigma.square() + mu.float().square()) / (2 * sp ** 2) - 0.5).sum()
+
+
+class GaussianKL(torch.autograd.Function):
+    """Same values and gradients as gaussian_kl_reference: dKL/dmu = mu / sp^2, dKL/drho = (sigma / sp^2 -
+    1 / sigma) sigmoid(rho). sum mu^2 is one dot product; softplus(rho) = logaddexp(rho, 0), written into a
+    block-sized buffer."""
+
+    @staticmethod
+    def forward(ctx, mu, rho, sp):
+        mu32, zero = mu.float().flatten(), rho.new_zeros((), dtype=torch.float32)
+        kl = (mu32 @ mu32) / (2 * sp ** 2) + rho.numel() * (math.log(sp) - 0.5)
+        blocks = row_blocks(rho)
+        buf = scratch(rho, blocks)
+        for b in blocks:
+            sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])]).flatten()
+            kl = kl + (sigma @ sigma) / (2 * sp ** 2) - sigma.log_().sum()
+        ctx.save_for_backward(mu, rho)
+        ctx.sp = sp
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        mu, rho = ctx.saved_tensors
+        sp2, zero = ctx.sp ** 2, rho.new_zeros((), dtype=torch.float32)
+        grad_rho = torch.empty_like(rho, dtype=torch.float32)
+        blocks = row_blocks(rho)
+        buf = scratch(rho, blocks)
+        for b in blocks:
+            sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])])
+            d = torch.square(sigma, out=grad_rho[b])  # then (sigma^2 - sp^2) / (sigma sp^2) * sigmoid(rho)
+            d.sub_(sp2).div_(sigma).mul_(g / sp2).mul_(torch.sigmoid(rho[b].float(), out=sigma))
+        return mu * (g / sp2), grad_rho.to(rho.dtype), None
+
+
+def bayes_predict(z, std, samples):
+    """(log of the mean predictive probability, expected entropy) over `samples` draws of the logits, mean z and
+    std (..., V). Averaging is in probability space, log (1/S) sum_s p_s = logsumexp_s log p_s - log S, and
+    the predictive entropy H[mean p] = E[H[p_s]] + mutual information (how much the draws disagree)."""
+    acc, ent = None, 0.0
+    for _ in range(samples):  # one draw at a time: memory stays a few (..., V) tensors whatever S is
+        lp = F.log_softmax(z + std * torch.randn_like(z), dim=-1)
+        ent = ent - (lp.exp() * lp).sum(-1) / samples
+        acc = lp if acc is None else torch.logaddexp(acc, lp)
+    return acc - math.log(samples), ent
