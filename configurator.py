@@ -9,6 +9,9 @@ this project executes code it reads). Values on the command line are parsed as P
 (`--top_p 0.9`, `--top_k None`, `--start "'hello'"`); anything that is not a literal is taken as a string
 (`--device cpu`). A value must have the type of its default (an int where a float is expected is fine), and
 an unknown key is an error naming the closest valid keys, so a typo never silently trains the wrong model.
+
+A config file can build on another with `include("other.py")` (the path relative to the including file's
+folder): the other file runs right there, so its assignments become this file's and later lines override them.
 """
 
 import ast
@@ -107,12 +110,36 @@ def _read_file(path):
     """Run a config file and return the names it assigns (skipping modules and _private names)."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    ns = {"__file__": path}  # so a config can build on a sibling config file
-    try:
-        exec(compile(open(path).read(), path, "exec"), ns)
-    except Exception as e:
-        raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in ns.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+    ns = {}
+    running = []  # the files being run, innermost last: include() finds names next to the innermost one
+
+    def run(file):
+        running.append(file)
+        ns["__file__"] = file  # so an older config can still build on a sibling with exec(open(...))
+        try:
+            exec(compile(open(file).read(), file, "exec"), ns)
+        except UserError:
+            raise  # from an include() inside: it already names its file
+        except Exception as e:
+            raise UserError(f"config file {file} failed: {type(e).__name__}: {e}") from None
+        finally:
+            running.pop()
+            if running:
+                ns["__file__"] = running[-1]
+
+    def include(name):
+        """Run config file `name` (relative to this file's folder) here, in this file's namespace."""
+        file = os.path.join(os.path.dirname(running[-1]), name)
+        if not os.path.isfile(file):
+            raise UserError(f"{running[-1]}: include({name!r}): config file not found: {file}")
+        if os.path.realpath(file) in map(os.path.realpath, running):
+            raise UserError(f"{running[-1]}: include({name!r}) includes a file that is including it")
+        run(file)
+
+    ns["include"] = include
+    run(path)
+    return {k: v for k, v in ns.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType) and v is not include}
 
 
 def configure(cls, argv=None):

@@ -1,6 +1,5 @@
 # The head experiment with the Bayesian last layer (Gaussian output weights); all else as softmax.
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "shakespeare_char_softmax.py")).read())
+include("shakespeare_char_softmax.py")
 
 out_dir = "out-heads/bayes"
 head = "bayes"
