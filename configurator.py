@@ -66,7 +66,7 @@ def atomic_write(path, mode="wb"):
     """`with atomic_write(path) as f:` writes f to path.tmp; when the block ends without an error the file is
     flushed, fsynced and renamed onto path. So path holds the old file or the whole new one, never a part; on
     an error the temp file is removed (and the error goes on). Every file this project writes goes through here."""
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp"  # path may be a str or a pathlib.Path
     try:
         with open(tmp, mode) as f:
             yield f

@@ -38,7 +38,7 @@ import re
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
 
-from configurator import UserError, main_guard
+from configurator import UserError, atomic_write, main_guard
 
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
@@ -431,12 +431,8 @@ class BPETokenizer:
         head = {"format": FORMAT, "version": 1, "pattern": self.pattern, "vocab_size": self.vocab_size,
                 "special_tokens": list(self.special_tokens)}
         text = json.dumps(head, ensure_ascii=False)[:-1] + ',\n "merges": [\n  ' + ",\n  ".join(rows) + "\n ]\n}\n"
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:  # a temporary file renamed into place: never half-written
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path) as f:  # a temporary file renamed into place: never half-written
+            f.write(text.encode("utf-8"))
 
     @staticmethod
     def _show(b):
