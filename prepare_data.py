@@ -13,7 +13,8 @@ Turn text into the token files that train.py reads.
 writes data/<name>/train.bin, val.bin and meta.json:
 - train.bin / val.bin: every token id in order, as a flat array of uint16 (uint32 when the vocabulary has
   more than 65,536 ids), so train.py can np.memmap them and slice windows without loading anything.
-- meta.json: vocab_size, dtype, token counts, the source, and the tokenizer spec (JSON, never pickle).
+- meta.json: vocab_size, dtype, token counts, the largest id of each split (train_max_id, val_max_id), the
+  source, and the tokenizer spec (JSON, never pickle).
 - tokenizer.json, with --tokenizer bpe: the trained tokenizer (also inside meta.json), for `tokenizer.py encode`.
 For text and Shakespeare, the first 90% of the text is the training split, the last 10% the validation split;
 a HuggingFace dataset keeps its own validation split (--val_split) or gives a random --val_fraction of its
@@ -97,23 +98,24 @@ def read_input(path):
 def write_tokens(f, docs, encode, eot, dtype, name):
     """Encode docs into the open file f, each followed by the end-of-text token `eot` unless it is None.
 
-    docs is a list of (text, is_whole_document). Returns the number of tokens."""
-    n = 0
+    docs is a list of (text, is_whole_document). Returns (number of tokens, largest id)."""
+    n, top = 0, -1
     total = sum(len(d) for d, _ in docs)
     with tqdm(total=total, desc=name, unit="char", unit_scale=True, disable=total < 8 * CHUNK) as bar:
         for text, whole in docs:
             # a few MB at a time, cut where no BPE chunk spans the cut: the same ids as encoding it whole
             for chunk in cut_text(text, CHUNK):
                 # user text is data: a literal "<|endoftext|>" in it is ordinary text, not a document end
-                ids = encode(chunk, disallowed_special=())
-                np.array(ids, dtype=dtype).tofile(f)
+                ids = np.array(encode(chunk, disallowed_special=()), dtype=dtype)
+                ids.tofile(f)
                 n += len(ids)
+                top = max(top, int(ids.max())) if len(ids) else top
                 bar.update(len(chunk))
                 fault_point("prepare_write")  # tests/test_faults.py kills the process here
             if whole and eot is not None:
                 np.array([eot], dtype=dtype).tofile(f)
-                n += 1
-    return n
+                n, top = n + 1, max(top, eot)
+    return n, top
 
 
 def split_docs(texts, frac=0.9):
@@ -154,18 +156,20 @@ def prepare(name, texts, tok, source, out_root="data"):
 
 
 def write_splits(out, tok, dtype, write, extra):
-    """Write out/train.bin and val.bin with write(split, open file) -> number of tokens, then out/meta.json.
+    """Write out/train.bin and val.bin with write(split, open file) -> (tokens, largest id), then out/meta.json.
     Each file goes to a temp name and is renamed into place when complete (atomic_write); the renames happen as
     the with blocks end, innermost first: train.bin, val.bin, then meta.json last."""
     meta_path = os.path.join(out, "meta.json")
     with atomic_write(meta_path, "w") as fm:
         with atomic_write(os.path.join(out, "val.bin"), "w+b") as fv:  # w+: write_ids maps the file into memory
             with atomic_write(os.path.join(out, "train.bin"), "w+b") as ft:
-                n_train, n_val = write("train", ft), write("val", fv)
+                (n_train, top_train), (n_val, top_val) = write("train", ft), write("val", fv)
                 if n_train == 0 or n_val == 0:
                     raise UserError(f"the {'training' if n_train == 0 else 'validation'} split has no tokens")
+                # the largest ids: a reader can check them against vocab_size without a pass over the files
                 meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
-                        "val_tokens": n_val, **extra, "tokenizer": tok.to_spec()}
+                        "val_tokens": n_val, "train_max_id": top_train, "val_max_id": top_val, **extra,
+                        "tokenizer": tok.to_spec()}
                 # one key per line; the tokenizer spec on one line
                 fm.write(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1)[:-2] +
                          f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
@@ -258,20 +262,21 @@ def prepare_hf(name, train, val, tok, text_field, source, out_root="data", num_p
 
 def write_ids(f, ds, dtype, name, batch_size=4096):
     """The tokenized dataset's 'ids', concatenated, into the open file f (opened w+b: it is mapped into memory
-    and filled batch by batch); returns the number of tokens."""
+    and filled batch by batch); returns (number of tokens, largest id)."""
     n = int(sum(ds["len"]))
     if n == 0:
-        return 0
+        return 0, -1
     arr = np.memmap(f, dtype=dtype, mode="w+", shape=(n,))
-    i = 0
+    i, top = 0, -1
     batches = ds.select_columns(["ids"]).with_format("numpy").iter(batch_size=batch_size)
     for batch in tqdm(batches, total=-(-len(ds) // batch_size), desc=f"writing {name}"):
         ids = np.concatenate(batch["ids"])
         arr[i:i + len(ids)] = ids
         i += len(ids)
+        top = max(top, int(ids.max())) if len(ids) else top
     arr.flush()
     del arr  # unmapped; atomic_write fsyncs and renames the file
-    return n
+    return n, top
 
 
 def main(argv=None):
