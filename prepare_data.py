@@ -280,7 +280,8 @@ def write_ids(f, ds, dtype, name, batch_size=4096):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    paragraphs = __doc__.split("\n\n")  # the purpose, then the examples
+    p = argparse.ArgumentParser(description=paragraphs[0], epilog="examples:\n" + paragraphs[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=[*DATASETS, "text", "openwebtext", "hf"],
                    help="a known dataset, 'text' for --input, or 'hf' for any HuggingFace dataset (--dataset)")

@@ -585,7 +585,9 @@ def read_texts(files):
 
 def main(argv=None):
     import time
-    p = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer, or look at how one encodes text.")
+    p = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer, or look at how one encodes text.",
+                                epilog="examples:\n" + __doc__.rstrip().split("\n\n")[-1],  # the docstring's
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="learn a vocabulary from a file or a folder of UTF-8 text files")
     t.add_argument("--input", required=True, help="a text file, or a folder (every file under it)")

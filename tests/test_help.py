@@ -70,6 +70,17 @@ def test_every_configured_script_answers_help(script, flag):
     assert "--out_dir: str = " in r.stdout and max(map(len, lines)) <= 100
 
 
+@pytest.mark.parametrize("script,flag,says", [
+    ("prepare_data.py", "-h", ["Turn text into the token files", "--tokenizer", "--data_files",
+                               "examples:", "python prepare_data.py shakespeare_char"]),
+    ("tokenizer.py", "--help", ["Train a byte-level BPE tokenizer", "train", "encode", "examples:",
+                                "python tokenizer.py train --input input.txt"])])
+def test_the_argparse_scripts_answer_help_with_examples(script, flag, says):
+    r = run_script(script, flag)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: {script}") and all(s in r.stdout for s in says)
+
+
 @pytest.mark.parametrize("cls", configs(), ids=lambda c: c.__name__)
 def test_help_lists_every_field_with_its_type_and_comment(cls, capsys):
     listed, _ = entries(help_of(cls, ["-h"], capsys))
