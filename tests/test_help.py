@@ -98,7 +98,7 @@ def test_help_lists_every_field_with_its_type_and_comment(cls, capsys):
 
 
 def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
-    train, sample, evaluate, bench = configs()
+    train, _, evaluate, bench = configs()
     listed, heads = entries(help_of(train, ["--help"], capsys))
     assert listed["init_from"][3] == source_comment(train, "init_from")
     assert listed["always_save_checkpoint"][3] == "False: checkpoint only when val loss improves"  # not "... data"
@@ -143,8 +143,8 @@ def test_help_shows_what_the_arguments_before_it_set(tmp_path, capsys, monkeypat
     text = help_of(Cfg, ["--help", f], capsys)  # after --help: not read
     assert entries(text)[0]["n_layer"][1:3] == ("12", "")
     assert max(len(line) for line in text.splitlines()) <= 100
-    assert configurator.usage(Cfg).splitlines()[0] == f"usage: python {os.path.basename(sys.argv[0])} [config.py ...] " \
-                                         f"[--key=value ...]"
+    script = os.path.basename(sys.argv[0])
+    assert configurator.usage(Cfg).splitlines()[0] == f"usage: python {script} [config.py ...] [--key=value ...]"
 
 
 def test_train_help_after_a_config_file_shows_its_values_and_trains_nothing(tmp_path):
