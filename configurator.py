@@ -9,17 +9,31 @@ this project executes code it reads). Values on the command line are parsed as P
 (`--top_p 0.9`, `--top_k None`, `--start "'hello'"`); anything that is not a literal is taken as a string
 (`--device cpu`). A value must have the type of its default (an int where a float is expected is fine), and
 an unknown key is an error naming the closest valid keys, so a typo never silently trains the wrong model.
+
+A config file can build on another with `include("other.py")` (the path relative to the including file's
+folder): the other file runs right there, so its assignments become this file's and later lines override them.
+
+`-h`/`--help` prints every setting with its type, its value and its comment in the dataclass's source (the
+comment beside a field is its help text, so there is one place to write it), then exits. Config files and
+`--key=value` before it are applied first, so `python train.py config/x.py --help` shows config/x.py's values.
 """
 
 import ast
 import contextlib
 import dataclasses
 import difflib
+import inspect
+import io
 import os
 import sys
+import textwrap
 import time
+import tokenize
 import types
 import typing
+
+HELP = ("-h", "--help")
+WIDTH = 100  # columns of the --help text
 
 
 class UserError(Exception):
@@ -52,7 +66,7 @@ def atomic_write(path, mode="wb"):
     """`with atomic_write(path) as f:` writes f to path.tmp; when the block ends without an error the file is
     flushed, fsynced and renamed onto path. So path holds the old file or the whole new one, never a part; on
     an error the temp file is removed (and the error goes on). Every file this project writes goes through here."""
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp"  # path may be a str or a pathlib.Path
     try:
         with open(tmp, mode) as f:
             yield f
@@ -107,39 +121,69 @@ def _read_file(path):
     """Run a config file and return the names it assigns (skipping modules and _private names)."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    ns = {"__file__": path}  # so a config can build on a sibling config file
-    try:
-        exec(compile(open(path).read(), path, "exec"), ns)
-    except Exception as e:
-        raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in ns.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+    ns = {}
+    running = []  # the files being run, innermost last: include() finds names next to the innermost one
+
+    def run(file):
+        running.append(file)
+        ns["__file__"] = file  # so an older config can still build on a sibling with exec(open(...))
+        try:
+            exec(compile(open(file).read(), file, "exec"), ns)
+        except UserError:
+            raise  # from an include() inside: it already names its file
+        except Exception as e:
+            raise UserError(f"config file {file} failed: {type(e).__name__}: {e}") from None
+        finally:
+            running.pop()
+            if running:
+                ns["__file__"] = running[-1]
+
+    def include(name):
+        """Run config file `name` (relative to this file's folder) here, in this file's namespace."""
+        file = os.path.join(os.path.dirname(running[-1]), name)
+        if not os.path.isfile(file):
+            raise UserError(f"{running[-1]}: include({name!r}): config file not found: {file}")
+        if os.path.realpath(file) in map(os.path.realpath, running):
+            raise UserError(f"{running[-1]}: include({name!r}) includes a file that is including it")
+        run(file)
+
+    ns["include"] = include
+    run(path)
+    return {k: v for k, v in ns.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType) and v is not include}
 
 
 def configure(cls, argv=None):
-    """Build a `cls` dataclass from its defaults, the config files and `--key=value`/`--key value` in argv."""
+    """Build a `cls` dataclass from its defaults, the config files and `--key=value`/`--key value` in argv.
+    -h/--help prints the settings as the arguments before it left them, and exits."""
     argv = sys.argv[1:] if argv is None else list(argv)
     hints = typing.get_type_hints(cls)
-    values = {}
+    values, origin = {}, {}  # origin: where each value came from, for --help
 
-    def put(key, value):
+    def put(key, value, where):
         if key not in hints:
             raise _unknown(key, list(hints))
         values[key] = _check(key, value, hints[key])
+        origin[key] = where
 
     i = 0
     while i < len(argv):
         arg = argv[i]
         i += 1
+        if arg in HELP:
+            print(usage(cls, values, origin))
+            raise SystemExit(0)
         if not arg.startswith("--"):
             for k, v in _read_file(arg).items():
-                put(k, v)
+                put(k, v, arg)
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in hints:
             raise _unknown(key, list(hints))
         if not eq:
             # `--key value`; a bare `--flag` means True for a boolean setting
-            if i < len(argv) and not (hints[key] is bool and argv[i].startswith("--")):
+            flag_next = i < len(argv) and (argv[i].startswith("--") or argv[i] in HELP)
+            if i < len(argv) and not (hints[key] is bool and flag_next):
                 text = argv[i]
                 i += 1
             elif hints[key] is bool:
@@ -149,8 +193,116 @@ def configure(cls, argv=None):
         value = _parse(text)
         if str in _allowed_types(hints[key]) and not isinstance(value, str) and value is not None:
             value = text  # `--start 123` is the string '123' when the setting is a string
-        put(key, value)
+        put(key, value, "the command line")
     return cls(**values)
+
+
+# --- --help: the dataclass's own comments are the help text ------------------------------------------------------
+
+def _is_title(text):
+    """A full-line comment that names a group of settings: `data`, `AdamW`, `learning rate schedule: ...`.
+    Anything else (a sentence, a continued phrase) is the comment of a field."""
+    head = text.split(":")[0]
+    return bool(head) and len(head.split()) <= 4 and not text.startswith("...") and \
+        not any(c in head for c in ",;=()'\"")
+
+
+def _class_docs(klass):
+    """{field: [group, comment]} read from klass's source. The comment beside a field is its help; a full-line
+    comment that reads as a title starts a group; any other full-line comment continues the comment of the
+    field just above it (if that one has a comment), else it belongs to the field below. (EvalConfig's set_k
+    and TrainConfig's `# data` after always_save_checkpoint are the two cases this tells apart.)"""
+    try:
+        src = textwrap.dedent(inspect.getsource(klass))
+        tree = ast.parse(src).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return {}  # no source (a class made at run time): the help shows types and defaults only
+    comments = {}  # line -> (text, whether the comment is the whole line)
+    for t in tokenize.generate_tokens(io.StringIO(src).readline):
+        if t.type == tokenize.COMMENT:
+            comments[t.start[0]] = (t.string.lstrip("#").strip(), not t.line[:t.start[1]].strip())
+    spans = {s.lineno: (s.target.id, s.end_lineno) for s in tree.body
+             if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    docs, group, above, below = {}, None, None, []
+    n = tree.lineno + 1  # the line after `class ...:`
+    while n <= len(src.splitlines()):
+        if n in spans:
+            name, last = spans[n]
+            text = [comments[k][0] for k in range(n, last + 1) if k in comments]
+            docs[name] = [group, below + text]
+            above, below = (name if text else None), []
+            n = last + 1
+            continue
+        if n in comments and comments[n][1]:
+            text = comments[n][0]
+            if below:  # a block of comment lines above a field
+                below.append(text)
+            elif _is_title(text):
+                group, above = text, None
+            elif above:  # right under a commented field: more of its comment
+                docs[above][1].append(text)
+            else:
+                below = [text]
+        else:  # a blank line or other code ends whatever the comments above were continuing
+            above, below = None, []
+        n += 1
+    return docs
+
+
+def _field_docs(cls):
+    """{field: (group, comment)} over cls and its dataclass bases, a subclass's comment winning. A subclass's
+    fields that come before any group comment are grouped under the subclass's name."""
+    docs, first = {}, True
+    for klass in reversed(cls.__mro__):
+        if "__dataclass_fields__" not in vars(klass):
+            continue
+        for name, (group, text) in _class_docs(klass).items():
+            docs[name] = (group or (None if first else klass.__name__), " ".join(text))
+        first = False
+    return docs
+
+
+def _type_name(hint):
+    return " | ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in _allowed_types(hint))
+
+
+def usage(cls, values=None, origin=None):
+    """The --help text: usage, the script's purpose (its docstring's first paragraph), then each setting with its
+    type, value and comment, in the dataclass's groups. values/origin: what config files or the command line
+    set (shown instead of the default, with where it came from)."""
+    values, origin = values or {}, origin or {}
+    script = os.path.basename(sys.argv[0]) or "script.py"
+    out = [f"usage: python {script} [config.py ...] [--key=value ...]"]
+    doc = inspect.cleandoc(getattr(sys.modules.get("__main__"), "__doc__", None) or "")
+    if doc:
+        out += ["", textwrap.fill(doc.split("\n\n")[0], WIDTH)]
+    out += ["", textwrap.fill("Settings (--key: type = value). Config files (Python: `key = value` lines), "
+                              "then --key=value or --key value, override the defaults, in the order given.",
+                              WIDTH)]
+    if origin:  # the arguments before --help
+        out.append(textwrap.fill(f"Values as set by {', '.join(dict.fromkeys(origin.values()))}.", WIDTH))
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    group = ""  # not None: the first field starts a group even when it has no heading
+    for f in dataclasses.fields(cls):
+        g, text = docs.get(f.name, (None, ""))
+        if g != group:
+            out += ["", textwrap.fill(g, WIDTH)] if g else [""]
+            group = g
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        line = f"  --{f.name}: {_type_name(hints[f.name])} = {values.get(f.name, default)!r}"
+        if f.name in origin:
+            mark = f"(set by {origin[f.name]}; default {default!r})"
+            if len(line) + 2 + len(mark) <= WIDTH:
+                line += "  " + mark
+            else:
+                text = f"{mark} {text}"
+        out.append(line)
+        if text:
+            out += textwrap.wrap(text, WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                 break_on_hyphens=False, break_long_words=False)  # keep gpt2-medium whole
+    return "\n".join(out)
 
 
 def show(cfg):

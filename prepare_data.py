@@ -13,7 +13,8 @@ Turn text into the token files that train.py reads.
 writes data/<name>/train.bin, val.bin and meta.json:
 - train.bin / val.bin: every token id in order, as a flat array of uint16 (uint32 when the vocabulary has
   more than 65,536 ids), so train.py can np.memmap them and slice windows without loading anything.
-- meta.json: vocab_size, dtype, token counts, the source, and the tokenizer spec (JSON, never pickle).
+- meta.json: vocab_size, dtype, token counts, the largest id of each split (train_max_id, val_max_id), the
+  source, and the tokenizer spec (JSON, never pickle).
 - tokenizer.json, with --tokenizer bpe: the trained tokenizer (also inside meta.json), for `tokenizer.py encode`.
 For text and Shakespeare, the first 90% of the text is the training split, the last 10% the validation split;
 a HuggingFace dataset keeps its own validation split (--val_split) or gives a random --val_fraction of its
@@ -38,7 +39,7 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
-from configurator import UserError, fault_point, main_guard
+from configurator import UserError, atomic_write, fault_point, main_guard
 from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
 # Tiny Shakespeare (public domain, 1,115,394 bytes) ships with the repository, so the quickstart and the tests
@@ -94,29 +95,27 @@ def read_input(path):
         raise UserError(f"--input {e}" if "exist" in str(e) else str(e)) from None
 
 
-def write_tokens(path, docs, encode, eot, dtype):
-    """Encode docs into `path`.tmp, each followed by the end-of-text token `eot` unless it is None.
+def write_tokens(f, docs, encode, eot, dtype, name):
+    """Encode docs into the open file f, each followed by the end-of-text token `eot` unless it is None.
 
-    docs is a list of (text, is_whole_document). Returns (temp path, number of tokens)."""
-    tmp, n = path + ".tmp", 0
+    docs is a list of (text, is_whole_document). Returns (number of tokens, largest id)."""
+    n, top = 0, -1
     total = sum(len(d) for d, _ in docs)
-    with open(tmp, "wb") as f, tqdm(total=total, desc=os.path.basename(path), unit="char", unit_scale=True,
-                                    disable=total < 8 * CHUNK) as bar:
+    with tqdm(total=total, desc=name, unit="char", unit_scale=True, disable=total < 8 * CHUNK) as bar:
         for text, whole in docs:
             # a few MB at a time, cut where no BPE chunk spans the cut: the same ids as encoding it whole
             for chunk in cut_text(text, CHUNK):
                 # user text is data: a literal "<|endoftext|>" in it is ordinary text, not a document end
-                ids = encode(chunk, disallowed_special=())
-                np.array(ids, dtype=dtype).tofile(f)
+                ids = np.array(encode(chunk, disallowed_special=()), dtype=dtype)
+                ids.tofile(f)
                 n += len(ids)
+                top = max(top, int(ids.max())) if len(ids) else top
                 bar.update(len(chunk))
                 fault_point("prepare_write")  # tests/test_faults.py kills the process here
             if whole and eot is not None:
                 np.array([eot], dtype=dtype).tofile(f)
-                n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp, n
+                n, top = n + 1, max(top, eot)
+    return n, top
 
 
 def split_docs(texts, frac=0.9):
@@ -149,33 +148,39 @@ def prepare(name, texts, tok, source, out_root="data"):
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     bpe = isinstance(tok, BPETokenizer)
     encode = tok.to_tiktoken().encode if bpe else tok.encode  # the same ids (tests/test_bpe.py), many times faster
-    tmp_train, n_train = write_tokens(os.path.join(out, "train.bin"), train, encode, tok.eot_token, dtype)
-    tmp_val, n_val = write_tokens(os.path.join(out, "val.bin"), val, encode, tok.eot_token, dtype)
-    return finish(out, tok, dtype, (tmp_train, n_train), (tmp_val, n_val), {"source": source})
+    docs = {"train": train, "val": val}
+
+    def write(split, f):
+        return write_tokens(f, docs[split], encode, tok.eot_token, dtype, f"{split}.bin")
+    return write_splits(out, tok, dtype, write, {"source": source})
 
 
-def finish(out, tok, dtype, train, val, extra):
-    """Write meta.json and move the finished temp files into place, meta.json last. train, val: (temp, tokens)."""
-    (tmp_train, n_train), (tmp_val, n_val) = train, val
-    if n_train == 0 or n_val == 0:
-        raise UserError(f"the {'training' if n_train == 0 else 'validation'} split has no tokens")
-    meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
-            "val_tokens": n_val, **extra, "tokenizer": tok.to_spec()}
-    with open(os.path.join(out, "meta.json.tmp"), "w") as f:  # one key per line; the tokenizer spec on one line
-        f.write(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1)[:-2] +
-                f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
-        f.flush()
-        os.fsync(f.fileno())
-    # no meta.json while the .bin files change: a crash between the renames would otherwise leave the old
-    # meta.json over a new train.bin and an old val.bin, caught by train.py only if their sizes happen to differ
-    if os.path.exists(os.path.join(out, "meta.json")):
-        os.remove(os.path.join(out, "meta.json"))
-    os.replace(tmp_train, os.path.join(out, "train.bin"))
-    fault_point("prepare_rename")  # tests/test_faults.py kills the process here
-    os.replace(tmp_val, os.path.join(out, "val.bin"))
-    if isinstance(tok, BPETokenizer):  # a copy for `tokenizer.py encode`; meta.json holds the same, training reads that
-        tok.save(os.path.join(out, "tokenizer.json"))
-    os.replace(os.path.join(out, "meta.json.tmp"), os.path.join(out, "meta.json"))
+def write_splits(out, tok, dtype, write, extra):
+    """Write out/train.bin and val.bin with write(split, open file) -> (tokens, largest id), then out/meta.json.
+    Each file goes to a temp name and is renamed into place when complete (atomic_write); the renames happen as
+    the with blocks end, innermost first: train.bin, val.bin, then meta.json last."""
+    meta_path = os.path.join(out, "meta.json")
+    with atomic_write(meta_path, "w") as fm:
+        with atomic_write(os.path.join(out, "val.bin"), "w+b") as fv:  # w+: write_ids maps the file into memory
+            with atomic_write(os.path.join(out, "train.bin"), "w+b") as ft:
+                (n_train, top_train), (n_val, top_val) = write("train", ft), write("val", fv)
+                if n_train == 0 or n_val == 0:
+                    raise UserError(f"the {'training' if n_train == 0 else 'validation'} split has no tokens")
+                # the largest ids: a reader can check them against vocab_size without a pass over the files
+                meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "train_tokens": n_train,
+                        "val_tokens": n_val, "train_max_id": top_train, "val_max_id": top_val, **extra,
+                        "tokenizer": tok.to_spec()}
+                # one key per line; the tokenizer spec on one line
+                fm.write(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1)[:-2] +
+                         f',\n "tokenizer": {json.dumps(meta["tokenizer"], ensure_ascii=False)}\n}}\n')
+                # no meta.json while the .bin files change: a crash between the renames would otherwise leave the
+                # old meta.json over a new train.bin and an old val.bin, caught by train.py only if their sizes
+                # happen to differ
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(meta_path)
+            fault_point("prepare_rename")  # train.bin is new, val.bin not yet: tests/test_faults.py kills here
+        if isinstance(tok, BPETokenizer):  # a copy for `tokenizer.py encode`; meta.json holds the same
+            tok.save(os.path.join(out, "tokenizer.json"))
     return meta
 
 
@@ -244,39 +249,39 @@ def prepare_hf(name, train, val, tok, text_field, source, out_root="data", num_p
         ids = [encode(t, disallowed_special=()) + end for t in batch[text_field]]
         return {"ids": ids, "len": [len(x) for x in ids]}
 
-    done = {}
-    for split, ds in (("train", train), ("val", val)):
+    def write(split, f):
+        ds = train if split == "train" else val
         workers = min(num_proc or 1, max(1, len(ds) // 1000))  # at least 1,000 documents a process
         ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=workers if workers > 1 else None,
                     desc=f"tokenizing {split}")
-        done[split] = write_ids(os.path.join(out, f"{split}.bin"), ds, dtype)
+        return write_ids(f, ds, dtype, f"{split}.bin")
+
     extra = {"source": source, "train_documents": len(train), "val_documents": len(val)}
-    return finish(out, tok, dtype, done["train"], done["val"], extra)
+    return write_splits(out, tok, dtype, write, extra)
 
 
-def write_ids(path, ds, dtype, batch_size=4096):
-    """The tokenized dataset's 'ids', concatenated, into path.tmp; returns (temp path, number of tokens)."""
+def write_ids(f, ds, dtype, name, batch_size=4096):
+    """The tokenized dataset's 'ids', concatenated, into the open file f (opened w+b: it is mapped into memory
+    and filled batch by batch); returns (number of tokens, largest id)."""
     n = int(sum(ds["len"]))
-    tmp = path + ".tmp"
     if n == 0:
-        open(tmp, "wb").close()
-        return tmp, 0
-    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n,))
-    i = 0
+        return 0, -1
+    arr = np.memmap(f, dtype=dtype, mode="w+", shape=(n,))
+    i, top = 0, -1
     batches = ds.select_columns(["ids"]).with_format("numpy").iter(batch_size=batch_size)
-    for batch in tqdm(batches, total=-(-len(ds) // batch_size), desc=f"writing {os.path.basename(path)}"):
+    for batch in tqdm(batches, total=-(-len(ds) // batch_size), desc=f"writing {name}"):
         ids = np.concatenate(batch["ids"])
         arr[i:i + len(ids)] = ids
         i += len(ids)
+        top = max(top, int(ids.max())) if len(ids) else top
     arr.flush()
-    del arr
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    return tmp, n
+    del arr  # unmapped; atomic_write fsyncs and renames the file
+    return n, top
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    paragraphs = __doc__.split("\n\n")  # the purpose, then the examples
+    p = argparse.ArgumentParser(description=paragraphs[0], epilog="examples:\n" + paragraphs[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=[*DATASETS, "text", "openwebtext", "hf"],
                    help="a known dataset, 'text' for --input, or 'hf' for any HuggingFace dataset (--dataset)")

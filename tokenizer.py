@@ -38,7 +38,7 @@ import re
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
 
-from configurator import UserError, main_guard
+from configurator import UserError, atomic_write, main_guard
 
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
@@ -431,12 +431,8 @@ class BPETokenizer:
         head = {"format": FORMAT, "version": 1, "pattern": self.pattern, "vocab_size": self.vocab_size,
                 "special_tokens": list(self.special_tokens)}
         text = json.dumps(head, ensure_ascii=False)[:-1] + ',\n "merges": [\n  ' + ",\n  ".join(rows) + "\n ]\n}\n"
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:  # a temporary file renamed into place: never half-written
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path) as f:  # a temporary file renamed into place: never half-written
+            f.write(text.encode("utf-8"))
 
     @staticmethod
     def _show(b):
@@ -589,7 +585,9 @@ def read_texts(files):
 
 def main(argv=None):
     import time
-    p = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer, or look at how one encodes text.")
+    p = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer, or look at how one encodes text.",
+                                epilog="examples:\n" + __doc__.rstrip().split("\n\n")[-1],  # the docstring's
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="learn a vocabulary from a file or a folder of UTF-8 text files")
     t.add_argument("--input", required=True, help="a text file, or a folder (every file under it)")

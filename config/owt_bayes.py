@@ -1,7 +1,6 @@
 # GPT-2 124M on OpenWebText with a Bayesian last layer; everything else as config/owt_gpt2.py.
 #   torchrun --standalone --nproc_per_node=8 train.py config/owt_bayes.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "owt_gpt2.py")).read())
+include("owt_gpt2.py")
 
 out_dir = "out-owt-bayes"
 head = "bayes"

@@ -2,8 +2,7 @@
 # and no biases; data, sizes and schedule as config/shakespeare_char.py. Val 1.539 against the quickstart's
 # 1.572 on the same tokens, ~13% slower a step on a 2-core CPU (README, Results).
 # python train.py config/shakespeare_char_llama.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), "shakespeare_char.py")).read())
+include("shakespeare_char.py")
 
 out_dir = "out-shakespeare-char-llama"
 norm = "rmsnorm"

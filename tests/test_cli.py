@@ -24,6 +24,22 @@ def test_prepare_shakespeare_char(tmp_path, shakespeare_text):
     val = np.fromfile(folder / "val.bin", dtype=np.uint16)
     assert tok.decode(val) == shakespeare_text[int(0.9 * n):]  # the standard last 10%
     assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]  # no temp files left
+    for split in ("train", "val"):  # recorded while writing, so readers need not scan the files
+        assert meta[f"{split}_max_id"] == np.fromfile(folder / f"{split}.bin", dtype=np.uint16).max()
+    assert meta["train_max_id"] == 64  # 'z', the last of the 65 characters
+
+
+def test_prepare_hf_records_the_largest_ids(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["abc", "zzz~", "ba", "cab"] * 5))
+    r = run_script("prepare_data.py", "hf", "--dataset", "json", "--data_files", str(docs), "--name", "j",
+                   "--tokenizer", "char", "--val_fraction", "0.25", "--out_root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "j" / "meta.json").read_text())
+    for split in ("train", "val"):
+        ids = np.fromfile(tmp_path / "j" / f"{split}.bin", dtype=np.uint16)
+        assert len(ids) == meta[f"{split}_tokens"] and meta[f"{split}_max_id"] == ids.max()
+    assert meta["train_max_id"] == meta["vocab_size"] - 1  # '~', the largest character, is in train
 
 
 def test_prepare_text_folder_and_offline_download(tmp_path, monkeypatch):

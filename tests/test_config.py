@@ -2,6 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from conftest import run_script
 from configurator import UserError, configure
 
 
@@ -71,3 +72,39 @@ def test_bad_config_files(tmp_path):
         configure(Cfg, [str(f)])
     with pytest.raises(UserError, match="needs a value"):
         configure(Cfg, ["--batch_size"])
+
+
+def test_include_runs_the_other_file_here_and_later_lines_win(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "base.py").write_text("batch_size = 999\n")  # a decoy: names are relative to the including file
+    (tmp_path / "conf" / "base" / "root.py").write_text("top_k = 3\n")
+    (tmp_path / "conf" / "base.py").write_text('include("base/root.py")\nout_dir = "a"\nbatch_size = 4\n')
+    (tmp_path / "conf" / "child.py").write_text('batch_size = 2\ninclude("base.py")\nlearning_rate = 0.5\n'
+                                                'batch_size = batch_size * 2  # the included value, overridden\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = configure(Cfg, ["conf/child.py"])
+    assert (cfg.out_dir, cfg.batch_size, cfg.learning_rate, cfg.top_k) == ("a", 8, 0.5, 3)
+
+
+def test_a_missing_or_circular_include_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text('include("nope.py")\n')
+    with pytest.raises(UserError, match=f"{f}: include\\('nope.py'\\): config file not found: {tmp_path / 'nope.py'}"):
+        configure(Cfg, [str(f)])
+    f.write_text('include("c.py")\n')
+    with pytest.raises(UserError, match="includes a file that is including it"):
+        configure(Cfg, [str(f)])
+    (tmp_path / "d.py").write_text("batch_size = 1 / 0\n")
+    f.write_text('include("d.py")\n')
+    with pytest.raises(UserError, match=f"config file {tmp_path / 'd.py'} failed: ZeroDivisionError"):
+        configure(Cfg, [str(f)])
+
+
+def test_a_missing_include_is_one_line_and_exit_2(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text('include("shakespeare_chr.py")\n')
+    r = run_script("train.py", str(f), f"--out_dir={tmp_path / 'out'}")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"error: {f}: include('shakespeare_chr.py'): config file not found: "
+                                     f"{tmp_path / 'shakespeare_chr.py'}"]
+    assert not (tmp_path / "out").exists()

@@ -157,6 +157,28 @@ def test_kill_9_of_prepare_data_leaves_nothing_half_written(tmp_path, shakespear
     assert meta["train_tokens"] + meta["val_tokens"] == len(shakespeare_text)
 
 
+def test_a_full_disk_during_prepare_data_leaves_the_previous_files_and_no_temp_files(tmp_path, shakespeare_text,
+                                                                                      monkeypatch):
+    import prepare_data
+    (tmp_path / "old.txt").write_text(shakespeare_text[:200_000])
+    args = ["text", "--name", "shakespeare_char", "--out_root", str(tmp_path)]
+    prepare_data.main([*args, "--input", str(tmp_path / "old.txt")])
+    before = prepared(tmp_path)
+    (tmp_path / "shakespeare_char" / "tokenizer.json.tmp").write_text("{")  # left by an earlier kill
+    real = prepare_data.write_tokens
+
+    def full(f, docs, encode, eot, dtype, name):  # train.bin written, val.bin runs out of space
+        if name == "val.bin":
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(f, docs, encode, eot, dtype, name)
+    monkeypatch.setattr(prepare_data, "write_tokens", full)
+    with pytest.raises(UserError, match="cannot write to .*No space left on device"):
+        prepare_data.main([*args, "--input", SHAKESPEARE])
+    assert prepared(tmp_path) == before
+    assert sorted(os.listdir(tmp_path / "shakespeare_char")) == ["meta.json", "train.bin", "val.bin"]
+
+
 # --- nan -------------------------------------------------------------------------------------------------------
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, reference, monkeypatch):
