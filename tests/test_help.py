@@ -106,8 +106,9 @@ def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
     assert listed["log_interval"][3] == ""
     assert listed["mlm_random"][3].startswith("... a random token")
     names = list(listed)
-    assert heads["I/O"] == 0 and heads["data"] == names.index("dataset") and heads["AdamW"] == names.index(
-        "learning_rate")
+    # data.DataConfig's fields come first (TrainConfig extends it), then train.py's own groups
+    assert heads["data"] == 0 == names.index("dataset") and heads["I/O"] == names.index("out_dir")
+    assert heads["AdamW"] == names.index("learning_rate")
     assert heads["learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters"] == \
         names.index("decay_lr")
     listed, _ = entries(help_of(evaluate, ["--help"], capsys))
