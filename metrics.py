@@ -7,6 +7,7 @@ the time left.
 
 import json
 import os
+from collections import deque
 import statistics
 import sys
 import time
@@ -32,8 +33,10 @@ class Log:
         except OSError as e:
             raise UserError(f"cannot write {self.path} ({e.strerror or e}); ckpt.pt holds iteration {saved_at}: "
                             f"free some space, then resume") from None
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "iter" and v is not None}, step=record["iter"])
+        if self.wandb is not None:  # an evaluation shares its step with a training record: "eval/" keeps both
+            prefix = "eval/" if "val_loss" in record else ""
+            self.wandb.log({prefix + k: v for k, v in record.items() if k != "iter" and v is not None},
+                           step=record["iter"])
 
     def close(self):
         self.file.close()
@@ -157,7 +160,7 @@ class Meter:
     seconds: float = 0.0  # since the last log line
     steps: int = 0
     tokens: int = 0
-    step_times: list = field(default_factory=list)
+    step_times: deque = field(default_factory=lambda: deque(maxlen=1000))  # the last 1,000: a median stays cheap
     eval_times: list = field(default_factory=list)
 
     def step(self, seconds, tokens):
@@ -171,8 +174,8 @@ class Meter:
         return ms, tps, self.flops_per_token * tps / world / self.peak if self.peak else None
 
     def left(self, cfg, it):
-        """Seconds left after iteration `it`: the steps to go at the median step so far (the typical one, not
-        the average of a few slow ones), and the evaluations to come at their median."""
+        """Seconds left after iteration `it`: the steps to go at the median of the recent steps (the typical one,
+        not the average of a few slow ones), and the evaluations to come at their median."""
         steps = (cfg.max_iters - it - 1) * statistics.median(self.step_times) if self.step_times else 0.0
         evals = cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval
         return steps + evals * (statistics.median(self.eval_times) if self.eval_times else 0.0)

@@ -1,11 +1,16 @@
+import glob
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import checkpoint
 import train
-from conftest import TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
+from conftest import ROOT, TINY, metrics as read_metrics, run_script, uninterrupted_and_resumed
 from configurator import UserError
 
 
@@ -102,3 +107,60 @@ def test_checkpoints_never_run_code_and_bad_files_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(UserError, match="not a checkpoint of this project"):
         checkpoint.load_checkpoint(str(other))
+
+
+def test_log_lines_say_where_training_is_and_the_last_line_sums_up(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    train.main([*TINY, f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=10",
+                "--log_interval=5"])
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if re.match(r"iter \d+/20: loss ", line)]
+    assert [int(re.match(r"iter (\d+)", s).group(1)) for s in steps] == [0, 5, 10, 15]
+    assert all(re.search(r", eta (\d+s|\d+m\d\ds)$", s) for s in steps)
+    evals = [line for line in lines if re.match(r"iter \d+/20: train loss ", line)]
+    assert len(evals) == 3
+    best = min(r["val_loss"] for r in read_metrics(out) if "val_loss" in r)
+    assert re.fullmatch(rf"done in \d+s: best val loss {best:.4f}, checkpoint in {re.escape(out)}/ckpt.pt", lines[-1])
+    assert all(len(line) <= 100 for line in steps + evals)
+
+
+def test_the_time_left_is_the_median_step_and_evaluation_times_what_is_to_come():
+    from metrics import Meter, clock
+    m = Meter(peak=None, flops_per_token=1.0)
+    for seconds in (1.0, 2.0, 100.0):  # one slow step (an evaluation's neighbour, a hiccup) does not count much
+        m.step(seconds, tokens=10)
+    m.eval_times += [5.0, 7.0, 30.0]
+    cfg = train.TrainConfig(max_iters=10, eval_interval=5)
+    # after iteration 2: steps 3..9 at the median 2 s, and the evaluations at 5 and 10 at the median 7 s
+    assert m.left(cfg, 2) == 7 * 2.0 + 2 * 7.0
+    assert m.take(world=1)[:2] == pytest.approx((103.0 / 3 * 1000, 30 / 103.0))
+    assert (clock(42.9), clock(185), clock(3725)) == ("42s", "3m05s", "1h02m")
+
+
+def test_wandb_logs_what_metrics_jsonl_logs(data_dir, tmp_path):
+    pytest.importorskip("wandb")
+    out, wdir = tmp_path / "out", tmp_path / "wandb"
+    wdir.mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(wdir), "WANDB_SILENT": "true"}
+    r = subprocess.run([sys.executable, "train.py", *TINY, f"--data_dir={data_dir}", f"--out_dir={out}",
+                        "--max_iters=10", "--eval_interval=5", "--log_interval=5", "--wandb_log=True",
+                        "--wandb_run_name=tiny-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    runs = glob.glob(str(wdir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(runs) == 1
+    raw = open(runs[0], "rb").read()  # wandb's record file: the logged keys and JSON values are stored as text
+    rows = read_metrics(str(out))
+    assert len(rows) == 5  # evaluations at 0, 5, 10; training records at 0, 5
+    for row in rows:
+        prefix = "eval/" if "val_loss" in row else ""
+        for k, v in row.items():
+            if k != "iter" and v is not None:
+                assert (prefix + k).encode() in raw and json.dumps(v).encode() in raw, (k, v)
+    assert b"tiny-run" in raw and b"n_embd" in raw  # the run's name and its config
+
+
+def test_wandb_missing_is_one_line(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: `import wandb` raises ImportError
+    with pytest.raises(UserError, match="wandb_log=True needs the wandb package: pip install wandb"):
+        train.main([*TINY, f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", "--max_iters=1",
+                    "--wandb_log=True"])
