@@ -22,12 +22,18 @@ from configurator import UserError, atomic_write
 class Log:
     """Where a run's records go: metrics.jsonl, and a wandb run or None."""
     path: str
-    file: object
+    keep: list  # the lines of an earlier metrics.jsonl this run keeps, written with its first record
     wandb: object = None
+    file: object = None
 
     def write(self, record, saved_at):
-        """One record; a full disk ends the run with a message saying which iteration ckpt.pt holds."""
+        """One record; a full disk ends the run with a message saying which iteration ckpt.pt holds. The old
+        log is replaced only now, so a run refused before its first record (bad data) leaves it as it was."""
         try:
+            if self.file is None:
+                with atomic_write(self.path, "w") as f:
+                    f.writelines(self.keep)
+                self.file = open(self.path, "a")
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as e:
@@ -39,36 +45,32 @@ class Log:
                            step=record["iter"])
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
 
 
 def open_log(path, resume_at, cfg):
-    """The run's Log: metrics.jsonl, to append to (its folder made), and wandb if cfg.wandb_log. A new run
-    (resume_at None) starts it afresh; a resumed one forgets what the interrupted run logged after the
-    checkpoint (the evaluation at it stays) and a line torn by a kill -9. A folder that cannot be written is
-    found now, not at the first checkpoint."""
+    """The run's Log: metrics.jsonl (its folder made), and wandb if cfg.wandb_log. A new run (resume_at None)
+    starts the file afresh; a resumed one keeps what the interrupted run logged up to the checkpoint (the
+    evaluation at it included), not a line torn by a kill -9. A folder that cannot be written is found now,
+    not at the first checkpoint."""
+    keep = []
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if resume_at is None and os.path.exists(path):
-            os.remove(path)
-        elif resume_at is not None and os.path.exists(path):
-            keep = []
-            for line in open(path):
-                try:
-                    r = json.loads(line)
-                    if r["iter"] < resume_at or (r["iter"] == resume_at and "val_loss" in r):
-                        keep.append(line.rstrip("\n") + "\n")
-                except (ValueError, TypeError, KeyError):
-                    continue  # a line torn by a kill, or not ours: not a record
-            with atomic_write(path, "w") as f:
-                f.writelines(keep)
-        file = open(path, "a")
+        open(path, "a").close()  # writable? (appending nothing changes nothing)
+        for line in open(path) if resume_at is not None else ():
+            try:
+                r = json.loads(line)
+                if r["iter"] < resume_at or (r["iter"] == resume_at and "val_loss" in r):
+                    keep.append(line.rstrip("\n") + "\n")
+            except (ValueError, TypeError, KeyError):
+                continue  # a line torn by a kill, or not ours: not a record
     except OSError as e:
         raise UserError(f"cannot write to {os.path.dirname(path) or '.'} ({e.strerror or e}): choose another "
                         f"out_dir") from None
-    return Log(path, file, open_wandb(cfg))
+    return Log(path, keep, open_wandb(cfg))
 
 
 def open_wandb(cfg):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import checkpoint
+import data
 import prepare_data
 import sample
 import train
@@ -50,10 +51,12 @@ def work(run, data_dir, tmp_path):
     return tmp_path
 
 
-def corrupt_ids(work, split, at=500):
+def corrupt_ids(work, split, at=500, every=None):
+    """Write id 70 (the vocabulary has 65 characters) at position `at`, and every `every` tokens after it: meta.json
+    still records the largest id as 64, so only the batches that read a bad id can find it."""
     path = work / "data" / "shakespeare_char" / f"{split}.bin"
     a = np.memmap(path, dtype=np.uint16, mode="r+")
-    a[at] = 70  # the vocabulary has 65 characters
+    a[at::every or len(a)] = 70
     a.flush()
 
 
@@ -73,8 +76,8 @@ def cases():
          None),
         # data
         ("ids beyond the vocabulary, training", ["train.py", *TINY, "--data_dir=DATA", "--out_dir=OUT",
-                                                 "--max_iters=1"],
-         "train.bin holds token id 70 at position 500, but meta.json's vocab_size is 65", "IDS:train"),
+                                                 "--max_iters=1"],  # every window of the first batch meets one
+         "train.bin holds token id 70 at position ", "IDS:train:16"),
         ("ids beyond the vocabulary, evaluating", ["evaluate.py", "--out_dir=OUT", "--data_dir=DATA", "--device=cpu"],
          "val.bin holds token id 70 at position 500", "IDS:val"),
         # checkpoints
@@ -95,7 +98,8 @@ def test_the_command_line_refuses_with_one_line(work, name, args, message, setup
         torch.save({"model": _Payload(str(work / "pwned")), "model_config": {}, "tokenizer": {}},
                    work / "out" / "ckpt.pt")
     elif setup and setup.startswith("IDS:"):
-        corrupt_ids(work, setup[4:])
+        split, _, every = setup[4:].partition(":")
+        corrupt_ids(work, split, every=int(every) if every else None)
     elif setup:
         (work / "bad_config.py").write_text(setup)
     if "BPE" in args:
@@ -184,3 +188,16 @@ def test_downloads_are_https_only_and_size_checked(monkeypatch):
     monkeypatch.setattr(prepare_data, "MAX_DOWNLOAD", 1000)
     with pytest.raises(UserError, match="larger than 1,000 bytes"):
         prepare_data.download("https://example.com/input.txt")
+
+
+def test_a_batch_that_reads_a_bad_id_names_its_position(work):
+    corrupt_ids(work, "train")  # at 500 only; meta.json still says the largest id is 64
+    for batching in ("packed", "lines"):
+        d = data.load(data.DataConfig(dataset="shakespeare_char", data_dir=str(work / "data"), block_size=32,
+                                      batching=batching))
+        rows = [468, 480] if batching == "packed" else np.flatnonzero(  # windows, or the piece holding 500
+            (d.pieces["train"][:, 0] <= 500) & (500 < d.pieces["train"].sum(1)))
+        data.get_batch(d, "train", [0, 1000], "cpu")  # batches that miss it are fine
+        with pytest.raises(UserError, match=r"train.bin holds token id 70 at position 500, but meta.json's "
+                                            r"vocab_size is 65"):
+            data.get_batch(d, "train", list(rows), "cpu")
