@@ -3,7 +3,8 @@
 #
 # 4,096 tokens of ~3.6 characters each: the training split is only 278K tokens, which this run sees about 11
 # times, so some dropout. With 4,096 outputs the output layer is most of the compute (a 3-layer model runs at
-# about the speed of the char model's with 4 layers); 3 layers matched 4 layers at equal time (README).
+# about the speed of the char model's with 4 layers); 3 layers matched 4 layers at equal time
+# (docs/results.md, "Tiny Shakespeare in BPE tokens").
 
 out_dir = "out-shakespeare-bpe"
 dataset = "shakespeare_bpe"

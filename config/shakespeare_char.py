@@ -1,8 +1,9 @@
 # A character-level GPT on Tiny Shakespeare, tuned for the lowest val loss per second of a 2-core CPU.
 # python prepare_data.py shakespeare_char && python train.py config/shakespeare_char.py
 #
-# What mattered on a CPU (measured, see README): many small optimizer steps beat few large ones, and a small
-# model that takes them quickly beats a larger one. Every setting below was compared at equal wall time.
+# What mattered on a CPU (measured: docs/results.md, the quickstart): many small optimizer steps beat few large
+# ones, and a small model that takes them quickly beats a larger one. Every setting below was compared at equal
+# wall time.
 
 out_dir = "out-shakespeare-char"
 dataset = "shakespeare_char"

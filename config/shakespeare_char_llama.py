@@ -1,6 +1,7 @@
 # The quickstart model with LLaMA's parts instead of GPT-2's: pre-RMSNorm, a SwiGLU MLP, rotary positions (RoPE)
 # and no biases; data, sizes and schedule as config/shakespeare_char.py. Val 1.539 against the quickstart's
-# 1.572 on the same tokens, ~13% slower a step on a 2-core CPU (README, Results).
+# 1.572 on the same tokens, ~13% slower a step on a 2-core CPU (docs/results.md, "LLaMA's block against
+# GPT-2's on the quickstart budget").
 # python train.py config/shakespeare_char_llama.py
 include("shakespeare_char.py")
 

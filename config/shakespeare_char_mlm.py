@@ -4,7 +4,7 @@
 # python sample.py --out_dir=out-shakespeare-char-mlm --fill "To be, or <mask><mask><mask> to be" --greedy
 #
 # Bidirectional attention; 15% of the characters chosen, 80% of those shown as <mask>, 10% as a random
-# character, 10% unchanged; the loss on the chosen ones only (train.py mask_tokens). <mask> and <pad> are
+# character, 10% unchanged; the loss on the chosen ones only (data.py, mask_tokens). <mask> and <pad> are
 # added to the 65 characters: 67 ids.
 
 out_dir = "out-shakespeare-char-mlm"

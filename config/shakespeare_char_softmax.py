@@ -1,4 +1,5 @@
-# The output-head experiment (README, "Output heads"): the quickstart's model and data on a shorter schedule.
+# The output-head experiment (the study and its results: docs/heads.md): the quickstart's model and data on a
+# shorter schedule.
 # The sigmoid and bayes configs run this file and change only `head` (ngram: the sigmoid head on sets of
 # right answers); compare with evaluate.py:
 #   for h in softmax sigmoid bayes ngram; do for s in 1 2 3; do
