@@ -15,7 +15,7 @@ Sampling: median tokens/s of generate.generate over `repeats` runs, with the KV 
 cache-free path re-runs the whole context for every token), same model, prompt and random seed, so both
 produce the same tokens. Random weights: speed does not depend on what the model has learned.
 Two rows: `sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size,
-the longest generation that fits in the context, where the cache is never rebuilt (see model.GPT.stream).
+the longest generation that fits in the context, where the cache is never rebuilt (see generate.stream).
 
 Tokenizer (`--what tokenizer`, not part of 'all'; needs `pip install tokenizers`, the Rust trainer it is
 compared with): training time of tokenizer.BPETokenizer against HuggingFace `tokenizers` on the same text with

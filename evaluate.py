@@ -19,7 +19,7 @@ sigmoid and bayes heads are scored alike:
   sets) and the mean of sum_j sigma(z_j) (1 = exactly one token predicted).
 - bayes: NLL with 1, 10 and 32 weight draws, and entropy = expected entropy + mutual information.
 - With set_k (on by itself for a run trained with sigmoid_targets='ngram'): the predicted set {j : q_j > 1/2}
-  against the right answers of train.py's ngram targets (every token that followed the same set_k tokens in
+  against the right answers of data.py's ngram targets (every token that followed the same set_k tokens in
   the train split, and the one that does follow): precision |P & S| / |P| and recall |P & S| / |S|, summed
   over tokens, the mean sizes of both sets, and how often the next token is in P. q_j is sigma(z_j) for the
   sigmoid head, which says "j is one of the right answers" for each j on its own; for softmax and bayes it can
@@ -27,7 +27,7 @@ sigmoid and bayes heads are scored alike:
 
 The tokens: the split cut into consecutive windows of block_size (every token predicted once, given the
 tokens before it in its window), capped at max_tokens. Weight draws (bayes) come from a fixed seed.
-A run trained with batching='lines' is scored on the pieces of the split's documents instead (train.py
+A run trained with batching='lines' is scored on the pieces of the split's documents instead (data.py
 line_pieces), in order, padded, with an attention mask. A masked language model (objective='mlm') is scored
 on the tokens its masking chooses (15% of them by default, most shown to it as <mask>), masked once with the
 fixed seed: the same tokens every run, whatever the batch size. Its accuracy is the masked-token accuracy, and
@@ -408,7 +408,12 @@ def compare(dirs, out="compare"):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--compare"]:
-        dirs = [a for a in argv[1:] if not a.startswith("--")]
+        if {"-h", "--help"} & set(argv):
+            print("usage: python evaluate.py --compare OUT_DIR [OUT_DIR ...] [--out=PREFIX]\n\n"
+                  "A markdown table of the runs' eval_val.json (mean ± std over seeds, grouped by head),\n"
+                  "and PREFIX_val_loss.png, PREFIX_reliability.png (default PREFIX: compare).")
+            return
+        dirs = [a for a in argv[1:] if not a.startswith("-")]
         outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--out=")]
         if not dirs:
             raise UserError("--compare needs the out_dirs of the runs to compare")

@@ -157,3 +157,9 @@ def test_train_help_after_a_config_file_shows_its_values_and_trains_nothing(tmp_
     assert n_layer[1] == "3" and (n_layer[2] or n_layer[3]).startswith(f"(set by {cfg}; default 12)")
     assert listed["out_dir"][1] == "'out-shakespeare-char'" and listed["max_iters"][1] == "7"
     assert os.listdir(tmp_path) == []  # no out_dir, nothing written, no data looked for
+
+
+def test_evaluate_compare_answers_help_too(tmp_path):
+    r = run_script(os.path.join(ROOT, "evaluate.py"), "--compare", "--help", cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.startswith("usage: python evaluate.py --compare OUT_DIR")
+    assert not os.listdir(tmp_path)  # no plots of nothing
