@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard
+import heads
 from generate import generate
 from metrics import flops_per_token, peak_flops
 from model import GPT, autocast, pick_device, pick_dtype
@@ -63,6 +64,7 @@ class BenchConfig(TrainConfig):  # every train setting (so train configs work he
     repeats: int = 3
     json: bool = False
     threads: int = 0  # heads: torch threads in the measuring process (0: torch's default)
+    formulas: bool = False  # heads: also time sigmoid and bayes as heads.py's plain formulas
     text_file: str = ""  # tokenizer: a text to time encoding on ('': the bundled Tiny Shakespeare)
     corpus_mb: int = 20  # tokenizer: size of the man-page corpus
     big_vocab: int = 32768  # tokenizer: vocabulary trained on it
@@ -143,11 +145,23 @@ def _vm(key):
         return None
 
 
+def _formula_loss(model, x, y):
+    """The training loss (and KL) written with heads.py's reference formulas instead of its fast Functions."""
+    h = model.hidden(x).flatten(0, 1)
+    z = model.logits(h).float()
+    if model.config.head == "sigmoid":
+        return heads.sigmoid_bce_reference(z, torch.arange(len(z), device=z.device), y.flatten()).mean()
+    ce = heads.sampled_ce_reference(z, h, model.lm_rho, y.flatten(), torch.randn_like(z)).mean()
+    return ce + heads.gaussian_kl_reference(model.lm_head.weight, model.lm_rho, model.config.bayes_prior_std) / 1e6
+
+
 def _head_step(cfg, head):
-    """Median fwd+bwd ms of one head, and the extra memory at its peak; run in a fresh process per head."""
+    """Median fwd+bwd ms of one head, and the extra memory at its peak; run in a fresh process per head.
+    head 'sigmoid-formula' / 'bayes-formula': that head's loss written as heads.py's reference formulas."""
     torch.set_num_threads(cfg.threads) if cfg.threads else None
     device = pick_device(cfg.device)
-    cfg.head = head
+    formula = head.endswith("-formula")
+    cfg.head = head.removesuffix("-formula")
     model = build(cfg).to(device)
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     y = x.roll(-1, dims=1)
@@ -160,7 +174,10 @@ def _head_step(cfg, head):
     for i in range(cfg.warmup + cfg.bench_iters):
         sync(device)
         t = time.perf_counter()
-        _, loss = model(x, y)
+        if formula:
+            loss = _formula_loss(model, x, y)
+        else:
+            _, loss = model(x, y)
         if head == "bayes":
             loss = loss + model.kl() / 1e6  # train.py divides by the training tokens: same cost
         loss.backward()
@@ -176,15 +193,15 @@ def bench_heads(cfg):
     """fwd+bwd time and peak extra memory of each head, in fresh processes, as ratios to softmax."""
     spawn = multiprocessing.get_context("spawn")
     logits_mb = cfg.batch_size * cfg.block_size * cfg.vocab_size * 4 / 2 ** 20
-    heads = ("softmax", "sigmoid", "bayes")
-    runs = {h: [] for h in heads}
+    names = ("softmax", "sigmoid", "bayes") + (("sigmoid-formula", "bayes-formula") if cfg.formulas else ())
+    runs = {h: [] for h in names}
     for _ in range(cfg.repeats):  # interleaved, so a slow moment of the machine hits every head alike
-        for head in heads:
+        for head in names:
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
                 runs[head].append(pool.submit(_head_step, cfg, head).result())
     rows = [{"head": h, "ms": statistics.median(ms for ms, _ in runs[h]),
              "extra_mb": max((mb for _, mb in runs[h] if mb is not None), default=None), "logits_mb": logits_mb}
-            for h in heads]
+            for h in names]
     for r in rows:
         r["time_ratio"] = r["ms"] / rows[0]["ms"]
         r["mem_ratio"] = r["extra_mb"] / rows[0]["extra_mb"] if r["extra_mb"] and rows[0]["extra_mb"] else None
@@ -340,11 +357,11 @@ def main(argv=None):
         print(f"heads: {cfg.n_layer}L {cfg.n_embd}d, {cfg.batch_size}x{cfg.block_size} tokens, vocab {cfg.vocab_size:,}"
               f" (logits {rows[0]['logits_mb']:.0f} MB); forward+backward ms: median of {cfg.repeats} processes "
               f"x {cfg.bench_iters} steps; extra MB: peak memory above the model, its gradients and the batch")
-        print(f"  {'head':<8}{'ms':>9}{'vs softmax':>12}{'extra MB':>10}{'vs softmax':>12}{'in logits':>11}")
+        print(f"  {'head':<16}{'ms':>9}{'vs softmax':>12}{'extra MB':>10}{'vs softmax':>12}{'in logits':>11}")
         for r in rows:
             mem = (f"{r['extra_mb']:10.0f}{r['mem_ratio']:11.2f}x{r['extra_mb'] / r['logits_mb']:11.1f}"
                    if r["mem_ratio"] else f"{'n/a':>10}")
-            print(f"  {r['head']:<8}{r['ms']:9.1f}{r['time_ratio']:11.2f}x{mem}")
+            print(f"  {r['head']:<16}{r['ms']:9.1f}{r['time_ratio']:11.2f}x{mem}")
         return
     if cfg.what == "tokenizer":
         r = bench_tokenizer(cfg)
