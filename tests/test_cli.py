@@ -108,6 +108,16 @@ def test_bench_json():
     assert all(row["same_tokens"] for row in res["sample"])
 
 
+def test_bench_heads_json_with_the_formulas():
+    r = run_script("bench.py", "--what=heads", "--vocab_size=300", "--n_layer=1", "--n_head=2", "--n_embd=16",
+                   "--block_size=16", "--batch_size=2", "--bench_iters=1", "--warmup=1", "--repeats=1", "--formulas",
+                   "--device=cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["head"] for row in rows] == ["softmax", "sigmoid", "bayes", "sigmoid-formula", "bayes-formula"]
+    assert rows[0]["time_ratio"] == 1.0 and all(row["ms"] > 0 for row in rows)
+
+
 def test_bench_tokenizer_json():
     # small sizes: this checks that the benchmark runs and reports, not how fast anything is
     r = run_script("bench.py", "--what=tokenizer", f"--text_file={SHAKESPEARE}", "--corpus_mb=1",
