@@ -135,12 +135,18 @@ def training_state(model, optimizer, scaler, progress, rng):
             "best_val_loss": progress.best_val_loss, "elapsed": progress.elapsed, "rng": rng, "version": 1}
 
 
-def check_resumable(ckpt, mconf):
-    """Refuse to resume a checkpoint whose model differs from the config's in any setting."""
+def check_resumable(ckpt, mconf, optimizer, out_dir):
+    """Refuse to resume a checkpoint whose model differs from the config's in any setting, or whose optimizer
+    state is another optimizer's."""
     for k, v in saved_config(ckpt).items():
         if getattr(mconf, k) != v:
             raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
                             f"{getattr(mconf, k)!r}")
+    was = ckpt.get("config", {}).get("optimizer", "adamw")  # checkpoints before the setting: AdamW
+    if was != optimizer:
+        raise UserError(f"cannot resume: the checkpoint was trained with optimizer={was!r}, this config says "
+                        f"{optimizer!r}; to switch, start a new run from its weights: --init_from={out_dir}/ckpt.pt "
+                        f"and another out_dir")
 
 
 def restore(ckpt, model, optimizer, scaler, gen):

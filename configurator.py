@@ -25,6 +25,7 @@ import difflib
 import inspect
 import io
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -59,6 +60,25 @@ def fault_point(name):
     if os.environ.get("NANOGPT_TEST_PAUSE") == name:
         print(f"paused at {name}", file=sys.stderr, flush=True)
         time.sleep(600)
+
+
+def catch_signals(world):
+    """Ctrl-C and SIGTERM only note the signal: the loop saves and stops at the next step, where all ranks agree
+    (a handler that saved could catch an update half done). A second one stops a lone process at once (under
+    torchrun, Ctrl-C reaches each worker twice). Returns (the dict it goes in, a function restoring handlers)."""
+    got = {}
+
+    def handler(signum, frame):
+        if "signum" in got and world == 1:
+            raise KeyboardInterrupt
+        if "signum" not in got:
+            got["signum"] = signum
+            if world == 1:
+                print(f"{signal.Signals(signum).name}: saving a checkpoint after this iteration, then stopping "
+                      f"(again to stop at once)", file=sys.stderr, flush=True)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return got, lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
 @contextlib.contextmanager

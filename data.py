@@ -56,15 +56,16 @@ class Data:
     table: tuple | None = None  # sigmoid_targets='ngram': every context's next tokens (ngram_table)
 
 
-def check(cfg):
-    """Refuse data settings that cannot work, before any time is spent."""
+def check(cfg, head):
+    """Refuse data settings that cannot work, before any time is spent; head: the model's output head."""
     for key, choices in (("objective", ("clm", "mlm")), ("batching", ("packed", "lines")),
                          ("sigmoid_targets", ("next", "ngram"))):
         if getattr(cfg, key) not in choices:
             raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
     if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
-    if cfg.sigmoid_targets == "ngram" and (cfg.objective != "clm" or cfg.batching != "packed" or cfg.ngram_k < 1):
+    if cfg.sigmoid_targets == "ngram" and (head != "sigmoid" or cfg.objective != "clm" or cfg.batching != "packed"
+                                           or cfg.ngram_k < 1):
         raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "
                         "ngram_k >= 1 (the other heads have one right answer per token)")
 

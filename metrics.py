@@ -1,22 +1,50 @@
 """
-What a run reports while it trains: metrics.jsonl (one JSON record a line: the local record of every run),
-the same records to Weights & Biases if asked (wandb_log), curves.png, and the speed: tokens/s, model FLOPs
-utilisation (MFU: the FLOP/s the model's arithmetic needs over what the hardware could do), peak memory, and
-the time left.
+What a run measures and reports while it trains: the loss estimated at each evaluation; metrics.jsonl (one
+JSON record a line: the local record of every run) and the same records to Weights & Biases if asked
+(wandb_log); curves.png; and the speed: tokens/s, model FLOPs utilisation (MFU: the FLOP/s the model's
+arithmetic needs over what the hardware could do), peak memory, and the time left.
 """
 
 import json
 import os
-from collections import deque
 import statistics
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+import data
 from configurator import UserError, atomic_write
 
+
+# --- the loss, estimated at each evaluation -------------------------------------------------------------
+
+@torch.no_grad()
+def estimate_loss(model, d, cfg, device, ctx):
+    """Mean NLL of the normalised prediction (the same measure for every head) over eval_iters batches per
+    split; for mlm, of the masked-out tokens. Batches and masks come from fixed seeds (every evaluation scores
+    the same tokens) and weight draws from a forked RNG, so evaluating never moves the training streams."""
+    model.eval()
+    out = {}
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
+        for split in d.splits:
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            losses = []
+            for k in range(cfg.eval_iters):
+                ix = torch.randint(data.batch_rows(d, split), (cfg.batch_size,), generator=gen).tolist()
+                x, y, am = data.get_batch(d, split, ix, device, data.mask_seed(cfg.seed, 1, k))
+                with ctx:
+                    logp = model.log_probs(x, am)
+                losses.append(torch.nn.functional.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
+            out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+
+# --- metrics.jsonl and wandb -------------------------------------------------------------------------------
 
 @dataclass
 class Log:

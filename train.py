@@ -5,10 +5,9 @@ Train a GPT: one loop for a laptop CPU, one GPU, or many GPUs (or CPU processes)
     python train.py config/shakespeare_char.py --max_iters=4000 --init_from=resume
     torchrun --standalone --nproc_per_node=8 train.py config/owt_gpt2.py
 
-Reads data/<dataset>/ (data.py); writes out_dir/ckpt.pt at evaluations and at the end (checkpoint.py), and
-metrics.jsonl and curves.png (metrics.py). init_from='resume' continues exactly where ckpt.pt left off.
-Under torchrun each process holds a copy of the model (DDP) and runs its share of each step's micro-steps on
-its own rows; gradients are averaged before the update: the same step as one process running them all.
+Reads data/<dataset>/ (data.py); writes out_dir/ckpt.pt (checkpoint.py), metrics.jsonl and curves.png
+(metrics.py); init_from='resume' continues exactly. Under torchrun each process holds a copy of the model
+(DDP) and runs its share of each step's micro-steps; gradients are averaged before the one update.
 """
 
 import math
@@ -26,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import data
 from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine_tune_from, from_gpt2, load_checkpoint,
                         restore, restore_dropout_rng, rng_state, save_checkpoint, training_state)
-from configurator import UserError, configure, main_guard, show
-from metrics import Meter, clock, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
+from configurator import UserError, catch_signals, configure, main_guard, show
+from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
 from model import GPT, GPTConfig, autocast, pick_device, pick_dtype
 
 
@@ -60,13 +59,17 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     bayes_init_std: float = 3e-3  # bayes: posterior std at init
     bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
     bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / train_tokens
-    # AdamW
-    learning_rate: float = 6e-4
+    # optimizer
+    optimizer: str = "adamw"  # 'adamw', or 'muon': torch.optim.Muon for the blocks' weight matrices, AdamW for the rest
+    learning_rate: float = 6e-4  # AdamW's peak learning rate
     max_iters: int = 600000
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: off)
+    muon_lr: float = 0.006  # muon: peak learning rate of the matrices, in AdamW's units (match_rms_adamw)
+    muon_momentum: float = 0.95  # muon: momentum of the matrices' updates (Nesterov)
+    muon_weight_decay: float = 0.0  # muon: decoupled weight decay of the matrices
     # learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters
     decay_lr: bool = True
     warmup_iters: int = 2000
@@ -81,9 +84,9 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
 
 def model_config(cfg, vocab_size):
     """The GPTConfig a training config describes: its settings of the same names, the data's vocabulary."""
-    same = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if hasattr(cfg, f.name)} | {"vocab_size": vocab_size}
+    same = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if hasattr(cfg, f.name)}
     try:
-        return GPTConfig(**same, causal=cfg.objective == "clm")
+        return GPTConfig(**same | {"vocab_size": vocab_size, "causal": cfg.objective == "clm"})
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -101,12 +104,11 @@ def check(cfg):
                 "log_interval", "n_layer", "n_head", "n_embd"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or cfg.learning_rate <= 0:
-        raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate > 0")
-    data.check(cfg)
-    if cfg.sigmoid_targets == "ngram" and cfg.head != "sigmoid":
-        raise UserError("sigmoid_targets='ngram' needs head='sigmoid' (the other heads have one right answer per "
-                        "token)")
+    if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or min(cfg.learning_rate, cfg.muon_lr) <= 0:
+        raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate, muon_lr > 0")
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
+    data.check(cfg, cfg.head)
     if cfg.objective == "mlm" and (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
         raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
                         "or from a checkpoint trained with objective='mlm'")
@@ -130,39 +132,60 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def set_lr(optimizer, lr):
+    """The schedule's learning rate into every parameter group, scaled for Muon's (lr_scale)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def make_optimizer(model, cfg, device):
     """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor the
-    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69)."""
+    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
+    optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
+    orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("transformer.h.") and p.dim() == 2]
+    named = [(n, p) for n, p in named if not any(p is m for m in matrices)]
     decay = [p for n, p in named if p.dim() >= 2 and n != "lm_rho"]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if p.dim() < 2 or n == "lm_rho"], "weight_decay": 0.0}]
     fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    if not matrices:
+        return adamw
+    muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
+                            momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    muon.param_groups[0]["lr_scale"] = cfg.muon_lr / cfg.learning_rate  # follows the same schedule
+    return Optimizers(adamw, muon)
 
 
-# --- evaluation, logs and curves --------------------------------------------------------------------------
+class Optimizers:
+    """Several optimizers as one for the loop, the GradScaler and the checkpoint: one step, one state_dict."""
 
-@torch.no_grad()
-def estimate_loss(model, d, cfg, device, ctx):
-    """Mean NLL of the normalised prediction (the same measure for every head) over eval_iters batches per
-    split; for mlm, of the masked-out tokens. Batches and masks come from fixed seeds (every evaluation scores
-    the same tokens) and weight draws from a forked RNG, so evaluating never moves the training streams."""
-    model.eval()
-    out = {}
-    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
-        for split in d.splits:
-            gen = torch.Generator().manual_seed(cfg.seed + 1)
-            losses = []
-            for k in range(cfg.eval_iters):
-                ix = torch.randint(data.batch_rows(d, split), (cfg.batch_size,), generator=gen).tolist()
-                x, y, am = data.get_batch(d, split, ix, device, data.mask_seed(cfg.seed, 1, k))
-                with ctx:
-                    logp = model.log_probs(x, am)
-                losses.append(torch.nn.functional.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
-            out[split] = sum(losses) / len(losses)
-    model.train()
-    return out
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):  # looked up each time: load_state_dict replaces an optimizer's group dicts
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state):  # each one's state; the learning-rate scales stay this run's settings
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            scales = [g.get("lr_scale", 1.0) for g in o.param_groups]
+            o.load_state_dict(s)
+            for g, scale in zip(o.param_groups, scales):
+                g["lr_scale"] = scale
 
 
 # --- the training loop ------------------------------------------------------------------------------------
@@ -191,15 +214,14 @@ def setup(cfg, rank, world, device, say):
     say(show(cfg))
     torch.manual_seed(cfg.seed)  # the same on every rank: identical init (DDP also copies rank 0's weights)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls: ~8x faster than fp32 on Ampere+
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # fp32 matmuls in tf32: ~8x faster on Ampere and later
     d = data.load(cfg)
     if d.table is not None:
         say(f"ngram targets: {len(d.table[0]):,} contexts, {len(d.table[2]) / len(d.table[0]):.2f} next tokens each")
     mconf = model_config(cfg, d.vocab_size)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), device) if cfg.init_from == "resume" else None
     if ckpt is not None:
-        check_resumable(ckpt, mconf)
+        check_resumable(ckpt, mconf, cfg.optimizer, cfg.out_dir)
     if cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from):
         model = from_gpt2(cfg.init_from, mconf, d.meta["tokenizer"]).to(device)
     else:
@@ -322,8 +344,7 @@ def train(cfg, rank, world, device, t0, got_signal=None):
     while True:
         it = progress.iter_num
         lr = get_lr(it, cfg)
-        for group in r.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(r.optimizer, lr)
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != resumed_at:
             t = time.time()
             saved_at = evaluate(r, progress, lr, log, saved_at)
@@ -409,25 +430,6 @@ def setup_ddp(cfg):
         raise UserError(f"torchrun needs device cuda or cpu, not {device}")
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, world, device
-
-
-def catch_signals(world):
-    """Ctrl-C and SIGTERM only note the signal: the loop saves and stops at the next step, where all ranks agree
-    (a handler that saved could catch an update half done). A second one stops a lone process at once (under
-    torchrun, Ctrl-C reaches each worker twice). Returns (the dict it goes in, a function restoring handlers)."""
-    got = {}
-
-    def handler(signum, frame):
-        if "signum" in got and world == 1:
-            raise KeyboardInterrupt
-        if "signum" not in got:
-            got["signum"] = signum
-            if world == 1:
-                print(f"{signal.Signals(signum).name}: saving a checkpoint after this iteration, then stopping "
-                      f"(again to stop at once)", file=sys.stderr, flush=True)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    return got, lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
 def main(argv=None):
