@@ -3,7 +3,7 @@
 # 1.572 on the same tokens, ~13% slower a step on a 2-core CPU (docs/results.md, "LLaMA's block against
 # GPT-2's on the quickstart budget").
 # python train.py config/shakespeare_char_llama.py
-include("shakespeare_char.py")
+include("shakespeare_char_adamw.py")
 
 out_dir = "out-shakespeare-char-llama"
 norm = "rmsnorm"

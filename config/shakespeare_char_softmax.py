@@ -7,7 +7,7 @@
 #     python evaluate.py --out_dir=out-heads/$h-$s --set_k=4; done; done
 #   python evaluate.py --compare out-heads/*
 # head: softmax, the default.
-include("shakespeare_char.py")
+include("shakespeare_char_adamw.py")
 
 out_dir = "out-heads/softmax"
 max_iters = 2000  # 3.1M tokens, ~2.5 minutes on 2 cores

@@ -237,7 +237,7 @@ def test_llama_config_is_the_quickstart_with_llama_parts():
     from configurator import configure
     from conftest import ROOT
     base, llama = (configure(train.TrainConfig, [os.path.join(ROOT, "config", f)])
-                   for f in ("shakespeare_char.py", "shakespeare_char_llama.py"))
+                   for f in ("shakespeare_char_adamw.py", "shakespeare_char_llama.py"))
     switched = {"out_dir", "norm", "mlp", "pos", "bias", "mlp_multiple"}
     assert {k for k in base.__dict__ if base.__dict__[k] != llama.__dict__[k]} == switched
     assert (llama.norm, llama.mlp, llama.pos, llama.bias) == ("rmsnorm", "swiglu", "rope", False)

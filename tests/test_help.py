@@ -108,7 +108,7 @@ def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
     names = list(listed)
     # data.DataConfig's fields come first (TrainConfig extends it), then train.py's own groups
     assert heads["data"] == 0 == names.index("dataset") and heads["I/O"] == names.index("out_dir")
-    assert heads["AdamW"] == names.index("learning_rate")
+    assert heads["optimizer"] == names.index("optimizer")
     assert heads["learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters"] == \
         names.index("decay_lr")
     listed, _ = entries(help_of(evaluate, ["--help"], capsys))
