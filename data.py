@@ -162,10 +162,10 @@ def get_batch(d, split, ix, device, seed=0):
     holds the masked-out tokens (mask_tokens)."""
     data, pieces, T = d.splits[split], d.pieces.get(split), d.cfg.block_size
     if pieces is None:
-        x = np.stack([data[i:i + T] for i in ix]).astype(np.int64)
-        y = np.stack([data[i + 1:i + 1 + T] for i in ix]).astype(np.int64)
-        batch_ids_ok(d, split, np.concatenate([x, y[:, -1:]], 1), ix)
-        x, y, real = torch.from_numpy(x), torch.from_numpy(y), None
+        rows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)  # (B, T + 1): read once
+        batch_ids_ok(d, split, rows, ix)
+        rows = torch.from_numpy(rows)
+        x, y, real = rows[:, :-1], rows[:, 1:], None  # views of the same rows
     else:
         x, y, real = piece_batch(data, pieces, ix, d.cfg.objective, d.mlm["pad"] if d.mlm else 0)
         starts = pieces[ix, 0]
