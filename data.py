@@ -12,6 +12,8 @@ What is learned, from what batches (the settings are DataConfig's):
   other. batching='lines': whole documents (line_pieces), padded on the right to the longest of each batch and
   passed with an attention mask, so padding is never attended to and never a target.
 - sigmoid_targets='ngram': for the sigmoid head, a set of right answers per position (ngram_table).
+- train_fraction, train_noise: less or noisier training text for studies of the heads (degrade); the
+  validation split is never touched.
 """
 
 import json
@@ -40,6 +42,8 @@ class DataConfig:
     mlm_random: float = 0.1  # ... a random token of the data's vocabulary with this one, else stays as it was
     sigmoid_targets: str = "next"  # sigmoid head: 'next' (the next token) or 'ngram' (a set: see ngram_table)
     ngram_k: int = 4  # sigmoid_targets='ngram': the right answers are every token that followed the same k tokens
+    train_fraction: float = 1.0  # train on the first this fraction of the train split only (little-data studies)
+    train_noise: float = 0.0  # replace this fraction of the training tokens by random ids (fixed seed; val stays clean)
 
 
 @dataclass
@@ -64,6 +68,8 @@ def check(cfg, head):
             raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
     if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
+    if not 0 < cfg.train_fraction <= 1 or not 0 <= cfg.train_noise <= 1:
+        raise UserError("train_fraction must be in (0, 1] and train_noise in [0, 1]")
     if cfg.sigmoid_targets == "ngram" and (head != "sigmoid" or cfg.objective != "clm" or cfg.batching != "packed"
                                            or cfg.ngram_k < 1):
         raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "
@@ -75,6 +81,11 @@ def check(cfg, head):
 def load(cfg):
     """The run's Data, after checking the files against meta.json and the settings against the data."""
     meta, splits, folder = load_splits(cfg)
+    if cfg.train_fraction < 1 or cfg.train_noise:
+        splits["train"] = degrade(splits["train"], cfg.train_fraction, cfg.train_noise, meta["vocab_size"])
+        if len(splits["train"]) <= cfg.block_size:
+            raise UserError(f"train_fraction={cfg.train_fraction} leaves {len(splits['train'])} training tokens, "
+                            f"fewer than block_size+1 ({cfg.block_size + 1})")
     spec, vocab, mlm = meta["tokenizer"], meta["vocab_size"], None
     if cfg.objective == "mlm":
         spec, mlm = mlm_setup(meta, cfg)
@@ -127,6 +138,22 @@ def open_split(folder, meta, split):
     elif top >= meta["vocab_size"]:
         raise UserError(f"meta.json says {path} holds token id {top}, but its vocab_size is {meta['vocab_size']}: "
                         f"the files are from different tokenizers; rerun prepare_data.py")
+    return data
+
+
+NOISE_SEED = 0  # every run sees the same noisy tokens, whatever its own seed
+
+
+def degrade(data, fraction, noise, vocab_size):
+    """The first `fraction` of a split, with round(noise * n) of its n tokens, at random places, replaced by ids
+    drawn uniformly from the vocabulary (1 in vocab_size of them draws the id it replaces). Noise makes a copy
+    in memory; a fraction alone stays a view of the memory-mapped file."""
+    data = data[:int(len(data) * fraction)]
+    if noise:
+        rng = np.random.default_rng(NOISE_SEED)
+        data = np.array(data)
+        where = rng.choice(len(data), size=round(noise * len(data)), replace=False)
+        data[where] = rng.integers(0, vocab_size, size=len(where), dtype=data.dtype)
     return data
 
 

@@ -39,6 +39,7 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     eval_iters: int = 200  # batches per split in each evaluation
     log_interval: int = 10
     always_save_checkpoint: bool = True  # False: checkpoint only when val loss improves
+    save_best: bool = False  # also keep the checkpoint of the best val loss so far in out_dir/best/ckpt.pt
     wandb_log: bool = False  # also log metrics.jsonl's records to Weights & Biases (pip install wandb)
     wandb_project: str = "gpt"  # wandb: the project the run goes to
     wandb_run_name: str = ""  # wandb: the run's name ('' : out_dir's name)
@@ -58,7 +59,7 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     bayes_prior_std: float = 1.0  # bayes: prior N(0, std^2) on each output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init
     bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
-    bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / train_tokens
+    bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / training tokens
     # optimizer
     optimizer: str = "adamw"  # 'adamw', or 'muon': torch.optim.Muon for the blocks' weight matrices, AdamW for the rest
     learning_rate: float = 6e-4  # AdamW's peak learning rate
@@ -139,8 +140,8 @@ def set_lr(optimizer, lr):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor the
-    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
+    """AdamW (fused on CUDA); weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0,
+    nor the bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
     optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
     orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -149,8 +150,7 @@ def make_optimizer(model, cfg, device):
     decay = [p for n, p in named if p.dim() >= 2 and n != "lm_rho"]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if p.dim() < 2 or n == "lm_rho"], "weight_decay": 0.0}]
-    fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
-    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
     if not matrices:
         return adamw
     muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
@@ -241,10 +241,9 @@ def setup(cfg, rank, world, device, say):
             say(f"note: the checkpoint was written by another number of processes than this run's {world}: "
                 f"batches continue exactly, dropout masks from fresh seeds")
         say(f"resuming from {cfg.out_dir}/ckpt.pt at iter {progress.iter_num}")
-    compiled = model
     if cfg.compile:
         say("compiling the model (about a minute)...")
-        compiled = torch.compile(model)
+    compiled = torch.compile(model) if cfg.compile else model
     wrapped = DDP(compiled, device_ids=[device] if device.startswith("cuda") else None) if world > 1 else compiled
     return Run(cfg, d, wrapped, compiled, model, optimizer, scaler, gen, rank, world, device,
                autocast(device, dtype)), progress
@@ -272,7 +271,7 @@ def step(r, it, got_signal):
                     loss = loss * float("nan")  # the test hook: as if this step's loss diverged
             loss_sum += loss.detach()
             if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
-                kl = r.raw.kl() * cfg.bayes_kl_weight / r.d.meta["train_tokens"]
+                kl = r.raw.kl() * cfg.bayes_kl_weight / len(r.d.splits["train"])
                 loss = loss + kl
             r.scaler.scale(loss).backward()
     grad_ok = True
@@ -297,10 +296,10 @@ def step(r, it, got_signal):
     return loss_sum, kl, data.count_tokens(r.d, starts), diverged, interrupted
 
 
-def save(r, progress, states):
-    """ckpt.pt with the training state at this iteration; returns the iteration saved."""
+def save(r, progress, states, sub=""):
+    """out_dir/sub/ckpt.pt with the training state at this iteration; returns the iteration saved."""
     state = training_state(r.raw, r.optimizer, r.scaler, progress, rng_state(r.gen, states))
-    save_checkpoint(os.path.join(r.cfg.out_dir, "ckpt.pt"), state | {"config": asdict(r.cfg), "tokenizer": r.d.spec})
+    save_checkpoint(os.path.join(r.cfg.out_dir, sub, "ckpt.pt"), state | {"config": asdict(r.cfg), "tokenizer": r.d.spec})
     return progress.iter_num
 
 
@@ -323,6 +322,8 @@ def evaluate(r, progress, lr, log, saved_at):
                         f"{r.cfg.out_dir}/ckpt.pt still holds iteration {saved_at}")
     improved = losses["val"] < progress.best_val_loss
     progress.best_val_loss = min(progress.best_val_loss, losses["val"])
+    if improved and r.cfg.save_best:  # a folder evaluate.py reads like any run's
+        save(r, progress, states, "best")
     return save(r, progress, states) if improved or r.cfg.always_save_checkpoint else saved_at
 
 
@@ -333,8 +334,7 @@ def train(cfg, rank, world, device, t0, got_signal=None):
     r.start = t0 - progress.elapsed
     resumed_at = progress.iter_num if cfg.init_from == "resume" else -1
     saved_at = resumed_at if resumed_at >= 0 else None  # the iteration ckpt.pt holds, for the messages
-    log = open_log(os.path.join(cfg.out_dir, "metrics.jsonl"), resumed_at if resumed_at >= 0 else None, cfg) \
-        if rank == 0 else None
+    log = open_log(os.path.join(cfg.out_dir, "metrics.jsonl"), saved_at, cfg) if rank == 0 else None
     say(f"tokens per iteration: {cfg.batch_size} batch * {cfg.block_size} block * {cfg.gradient_accumulation_steps}"
         f" accum = {cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps:,}"
         + (f" ({world} processes x {cfg.gradient_accumulation_steps // world} micro-steps)" if world > 1 else "")
