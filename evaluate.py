@@ -2,7 +2,8 @@
 Evaluate a checkpoint honestly: on the validation split, with the same tokens for every run and every head.
 
     python evaluate.py --out_dir=out-shakespeare-char           # -> out_dir/eval_val.json, reliability_val.png
-    python evaluate.py --compare out-a out-b out-c              # a markdown table and overlaid plots
+    python evaluate.py --ensemble out-1 out-2 out-3 --out=ens   # several runs as one model -> ens/eval_val.json
+    python evaluate.py --compare out-a out-b out-c ens          # a markdown table and overlaid plots
 
 Every number comes from the model's *normalised* next-token distribution (model.log_probs), so softmax,
 sigmoid and bayes heads are scored alike:
@@ -18,6 +19,15 @@ sigmoid and bayes heads are scored alike:
 - sigmoid: also the raw BCE with the next token as the one right answer (what it trains on, unless trained on
   sets) and the mean of sum_j sigma(z_j) (1 = exactly one token predicted).
 - bayes: NLL with 1, 10 and 32 weight draws, and entropy = expected entropy + mutual information.
+- A deep ensemble (--ensemble): the mean of several runs' probabilities, p = (1/M) sum_m p_m, scored like one
+  model; its mutual information is H(p) - (1/M) sum_m H(p_m), the members' disagreement. It is the usual strong
+  baseline for predictive uncertainty: a Bayesian head should beat it (or at least a temperature) to count.
+- Unfamiliar text (shift): does the model know when text is unlike its training text? Two shifted versions of
+  the split, made from its own text with the seed: the words of each line shuffled (same words, no syntax),
+  and characters drawn independently from the text's character frequencies (no words). Each window of clean
+  and of shifted text gets a score, its mean predictive entropy (and, for bayes and ensembles, its mean mutual
+  information); AUROC = the chance that a shifted window scores higher than a clean one (0.5: blind, 1: every
+  shifted window above every clean one).
 - With set_k (on by itself for a run trained with sigmoid_targets='ngram'): the predicted set {j : q_j > 1/2}
   against the right answers of data.py's ngram targets (every token that followed the same set_k tokens in
   the train split, and the one that does follow): precision |P & S| / |P| and recall |P & S| / |S|, summed
@@ -38,6 +48,7 @@ model's, which sees only the past).
 import json
 import math
 import os
+import random
 import statistics
 import sys
 from dataclasses import dataclass
@@ -51,6 +62,7 @@ from configurator import UserError, atomic_write, configure, main_guard
 from data import (MLM_TOKENS, DataConfig, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split,
                   piece_batch, target_sets)
 from model import autocast, pick_device, pick_dtype
+from tokenizer import from_spec
 
 BINS = 15
 TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the grid T is fitted on
@@ -66,7 +78,8 @@ class EvalConfig:
     bayes_sample_counts: str = "1,10,32"  # bayes: NLL for each number of weight draws
     set_k: int = -1  # set precision/recall against the train split's k-token contexts; -1: the run's ngram_k
     # if it trained with sigmoid_targets='ngram', else off; 0: off
-    seed: int = 1337
+    shift: bool = True  # also score shifted text (see above; causal models on windows of text only)
+    seed: int = 1337  # weight draws, masking and the shifted text
     device: str = "auto"
     dtype: str = "auto"
 
@@ -110,6 +123,18 @@ def batches(x, y, am, lo, hi, size):
         yield xb, yb, ab
 
 
+def predict(models, xb, ab=None):
+    """log p (B, T, V), predictive entropy and mutual information (B, T) of one model (model.predictive), or of
+    an ensemble: the mean of its members' probabilities, and the members' disagreement as its MI."""
+    if len(models) == 1:
+        return models[0].predictive(models[0].hidden(xb, attention_mask=ab))
+    logps = torch.stack([m.predictive(m.hidden(xb, attention_mask=ab))[0].float() for m in models])  # (M, B, T, V)
+    logp = logps.logsumexp(0) - math.log(len(models))  # log of the mean probability
+    entropy = -(logp.exp() * logp).sum(-1)
+    each = -(logps.exp() * logps).sum(-1).mean(0)  # the members' mean entropy
+    return logp, entropy, entropy - each
+
+
 def ece(conf, correct, equal_mass=False):
     """Expected calibration error of confidences (N,) against 0/1 correctness (N,); also the bins."""
     order = np.argsort(conf, kind="stable") if equal_mass else None
@@ -147,11 +172,11 @@ def summarise(parts):
 
 
 @torch.no_grad()
-def one_pass(model, x, y, am, cfg, ctx, device, temps=None):
-    """Score every window (every target that is not -1). temps=None: the raw distribution, plus per fold the NLL
-    under every temperature of the grid (to fit T). temps=(T0, T1): the distribution at the temperature fitted
-    for each fold."""
-    head, n = model.config.head, x.size(0)
+def one_pass(models, x, y, am, cfg, ctx, device, temps=None):
+    """Score every window (every target that is not -1) with a model or an ensemble (a list of models).
+    temps=None: the raw distribution, plus per fold the NLL under every temperature of the grid (to fit T).
+    temps=(T0, T1): the distribution at the temperature fitted for each fold."""
+    head, n = head_of(models), x.size(0)
     ignore = bool((y == -1).any())  # padding, or tokens the masking left alone: scored are only the others
     folds = ((0, n // 2), (n // 2, n))  # the two halves of the temperature fit
     nll_by_t = np.zeros((2, len(TEMPERATURES)))
@@ -163,9 +188,10 @@ def one_pass(model, x, y, am, cfg, ctx, device, temps=None):
         for xb, yb, ab in batches(x, y, am, lo, hi, cfg.batch_size):
             xb, yb, ab = xb.to(device), yb.to(device), None if ab is None else ab.to(device)
             with ctx:
-                h = model.hidden(xb, attention_mask=ab)
-                logp, entropy, mi = model.predictive(h)
+                logp, entropy, mi = predict(models, xb, ab)
                 if head == "sigmoid" and temps is None:
+                    model = models[0]
+                    h = model.hidden(xb, attention_mask=ab)
                     z = model.logits(h)
                     sums["bce"] += model.head_loss(z, yb, h).item() * (yb != -1).sum().item()
                     sums["sum_sigma"] += torch.sigmoid(z.float()).sum(-1)[yb != -1].sum().item()
@@ -190,18 +216,24 @@ def one_pass(model, x, y, am, cfg, ctx, device, temps=None):
     if temps is None:
         tokens = (y != -1).sum().item()
         keep = {"entropy"} | ({"bce", "sum_sigma"} if head == "sigmoid" else set()) | (
-            {"expected_entropy", "mi"} if head == "bayes" else set())
+            {"expected_entropy", "mi"} if head in ("bayes", "ensemble") else set())
         result.update({k: sums[k] / tokens for k in keep})
         # each half is scored with the temperature fitted on the *other* half
         result["fit_T"] = [float(TEMPERATURES[np.argmin(nll_by_t[1])]), float(TEMPERATURES[np.argmin(nll_by_t[0])])]
     return result
 
 
-def evaluate(model, x, y, cfg, ctx, device, am=None):
-    raw = one_pass(model, x, y, am, cfg, ctx, device)
+def head_of(models):
+    return models[0].config.head if len(models) == 1 else "ensemble"
+
+
+def evaluate(models, x, y, cfg, ctx, device, am=None):
+    """The scores of a model, or of an ensemble (a list of models), raw and temperature-scaled."""
+    models = models if isinstance(models, list) else [models]
+    raw = one_pass(models, x, y, am, cfg, ctx, device)
     temps = raw.pop("fit_T")
-    scaled = one_pass(model, x, y, am, cfg, ctx, device, temps)
-    return {"head": model.config.head, "tokens": (y != -1).sum().item(), **raw,
+    scaled = one_pass(models, x, y, am, cfg, ctx, device, temps)
+    return {"head": head_of(models), "tokens": (y != -1).sum().item(), **raw,
             "temperature_scaled": {"T": temps, **scaled}}
 
 
@@ -249,6 +281,90 @@ def set_scores(model, x, data, table, k, cfg, ctx, device):
             "set_size": predicted / N, "right_set_size": right / N, "next_in_set": next_in / N}
 
 
+# ---- unfamiliar text --------------------------------------------------------------------------------------
+
+def shuffle_words(text, rng):
+    """Each line's words (split at spaces) in a random order: the same words and lines, the syntax gone."""
+    lines = []
+    for line in text.split("\n"):
+        words = line.split(" ")
+        rng.shuffle(words)
+        lines.append(" ".join(words))
+    return "\n".join(lines)
+
+
+def unigram_chars(text, rng):
+    """As many characters as the text, each drawn on its own with its frequency in the text: no words left."""
+    chars = sorted(set(text))
+    counts = [text.count(c) for c in chars]
+    return "".join(rng.choices(chars, weights=counts, k=len(text)))
+
+
+SHIFTS = {"words": shuffle_words, "unigram": unigram_chars}
+
+
+def auroc(clean, shifted):
+    """The area under the ROC curve of telling shifted from clean by a score: the chance that a shifted window
+    scores higher than a clean one, ties counting half. The pairwise count, sum over pairs of [s > c] + [s = c]/2,
+    done with a sorted array: for each shifted score, the clean ones below it and those equal to it."""
+    c = np.sort(np.asarray(clean, dtype=np.float64))
+    s = np.asarray(shifted, dtype=np.float64)
+    below, upto = np.searchsorted(c, s, "left"), np.searchsorted(c, s, "right")
+    return float((below + upto).sum() / 2 / (len(c) * len(s)))
+
+
+@torch.no_grad()
+def window_scores(models, x, cfg, ctx, device):
+    """Per window of x (N, T): the mean predictive entropy and mean mutual information over its positions."""
+    entropy, mi = [], []
+    torch.manual_seed(cfg.seed)
+    for i in range(0, len(x), cfg.batch_size):
+        with ctx:
+            _, e, m = predict(models, x[i:i + cfg.batch_size].to(device))
+        entropy.append(e.float().mean(-1).cpu())
+        mi.append(m.float().mean(-1).cpu())
+    return torch.cat(entropy).double().numpy(), torch.cat(mi).double().numpy()
+
+
+def shift_scores(models, data, tok, x, cfg, ctx, device):
+    """Clean windows x (the first N windows of the split `data`) against each shift of the same text, encoded
+    again and cut into as many windows: the mean scores and their AUROCs; also the per-window scores."""
+    N, T = x.shape
+    text = tok.decode(np.asarray(data[:N * T + 1]).tolist())
+    clean = window_scores(models, x, cfg, ctx, device)
+    out, per_window = {}, {"clean": clean}
+    for name, shift in SHIFTS.items():
+        ids = np.asarray(tok.encode(shift(text, random.Random(cfg.seed))), dtype=np.int64)
+        xs, _ = windows(ids, T, N * T)
+        per_window[name] = window_scores(models, xs, cfg, ctx, device)
+        out[name] = {"windows": len(xs), "entropy": float(per_window[name][0].mean()),
+                     "auroc_entropy": auroc(clean[0], per_window[name][0])}
+        if head_of(models) in ("bayes", "ensemble"):
+            out[name].update(mi=float(per_window[name][1].mean()), auroc_mi=auroc(clean[1], per_window[name][1]))
+    out["clean"] = {"windows": N, "entropy": float(clean[0].mean()), "mi": float(clean[1].mean())}
+    return out, per_window
+
+
+def shift_plot(per_window, with_mi, path):
+    """Histograms of the per-window scores, clean against each shift."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [(0, "mean predictive entropy (nats)")] + ([(1, "mean mutual information (nats)")] if with_mi else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (k, label) in zip(axes[0], panels):
+        values = np.concatenate([v[k] for v in per_window.values()])
+        bins = np.linspace(values.min(), values.max(), 50)
+        for name, v in per_window.items():
+            ax.hist(v[k], bins=bins, alpha=0.5, label=name)
+        ax.set_xlabel(label + " per window")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
 def reliability_plot(named_bins, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -266,16 +382,25 @@ def reliability_plot(named_bins, path):
     plt.close(fig)
 
 
-def run(cfg):
+def run(cfg, members=None):
+    """Evaluate out_dir's checkpoint, or with members (run folders) their ensemble, written to out_dir."""
     device = pick_device(cfg.device)
     try:
         ctx = autocast(device, pick_dtype(cfg.dtype, device))
     except ValueError as e:
         raise UserError(str(e)) from None
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), device)
-    model = build_model(ckpt, cfg.out_dir)
-    model.eval().to(device)
+    ckpts = [load_checkpoint(os.path.join(d, "ckpt.pt"), device) for d in members or [cfg.out_dir]]
+    models = [build_model(c, d).eval().to(device) for c, d in zip(ckpts, members or [cfg.out_dir])]
+    model, ckpt = models[0], ckpts[0]
     tcfg = ckpt.get("config", {})
+    for d, c, m in zip(members or [], ckpts, models):  # an ensemble's members must read the same tokens
+        theirs = c.get("config", {})
+        for key in ("dataset", "objective", "batching"):
+            if theirs.get(key) != tcfg.get(key):
+                raise UserError(f"{d} was trained with {key}={theirs.get(key)!r}, {members[0]} with "
+                                f"{tcfg.get(key)!r}: an ensemble's members must share their data")
+        if (m.config.vocab_size, m.config.block_size) != (model.config.vocab_size, model.config.block_size):
+            raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
     tc = DataConfig(**{k: v for k, v in tcfg.items() if k in DataConfig.__dataclass_fields__})
     folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))
     try:
@@ -291,27 +416,36 @@ def run(cfg):
         raise UserError(f"{folder} has vocab_size {meta['vocab_size']}, the model {model.config.vocab_size}")
     tc.block_size = model.config.block_size
     x, y, am = eval_set(data, meta, tc, cfg, mlm)
-    result = evaluate(model, x, y, cfg, ctx, device, am)
-    if model.config.head == "bayes":
+    result = evaluate(models, x, y, cfg, ctx, device, am)
+    if members:
+        result["members"] = [{"out_dir": d, "head": m.config.head, "seed": c.get("config", {}).get("seed"),
+                              "iter": c.get("iter_num")} for d, c, m in zip(members, ckpts, models)]
+    elif model.config.head == "bayes":
         counts = [int(s) for s in cfg.bayes_sample_counts.split(",") if s.strip()]
         result["nll_by_samples"] = bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts)
+    per_window = None
+    if cfg.shift and am is None and not mlm:
+        result["shift"], per_window = shift_scores(models, data, from_spec(meta["tokenizer"]), x, cfg, ctx, device)
     k = cfg.set_k if cfg.set_k >= 0 else (tc.ngram_k if tc.sigmoid_targets == "ngram" else 0)
     if k:
-        if am is not None or mlm:
-            raise UserError("set_k scores next-token sets: for runs with objective='clm', batching='packed'")
+        if am is not None or mlm or members:
+            raise UserError("set_k scores next-token sets: for one run with objective='clm', batching='packed'")
         train_split = open_split(folder, meta, "train")
         result.update(set_scores(model, x, data, ngram_table(train_split, k, meta["vocab_size"]), k, cfg, ctx,
                                  device))
-    result.update(out_dir=cfg.out_dir, split=cfg.split, iter=ckpt.get("iter_num"), seed=tcfg.get("seed"),
-                  objective=tc.objective, batching=tc.batching,
-                  targets=tc.sigmoid_targets if model.config.head == "sigmoid" else "next")
+    result.update(out_dir=cfg.out_dir, split=cfg.split, iter=None if members else ckpt.get("iter_num"),
+                  seed=None if members else tcfg.get("seed"), objective=tc.objective, batching=tc.batching,
+                  targets=tc.sigmoid_targets if result["head"] == "sigmoid" else "next")
     if mlm:
         result["masking"] = {"seed": cfg.seed, "prob": tc.mlm_prob, "mask": tc.mlm_mask, "random": tc.mlm_random}
+    os.makedirs(cfg.out_dir, exist_ok=True)  # an ensemble's folder is new
     path = os.path.join(cfg.out_dir, f"eval_{cfg.split}.json")
     with atomic_write(path, "w") as f:
         json.dump(result, f, indent=1)
     reliability_plot([("raw", result["bins"]), ("temperature-scaled", result["temperature_scaled"]["bins"])],
                      os.path.join(cfg.out_dir, f"reliability_{cfg.split}.png"))
+    if per_window:
+        shift_plot(per_window, result["head"] in ("bayes", "ensemble"), os.path.join(cfg.out_dir, f"shift_{cfg.split}.png"))
     return result
 
 
@@ -337,8 +471,17 @@ def report(r):
               f"right; next token in the predicted set {r['next_in_set']:.4f}")
     if r["head"] == "bayes":
         by = ", ".join(f"{k} draws {v:.4f}" for k, v in r["nll_by_samples"].items())
-        print(f"  NLL by weight draws: {by}; entropy {r['entropy']:.3f} = expected {r['expected_entropy']:.3f} "
-              f"+ mutual information {r['mi']:.4f}")
+        print(f"  NLL by weight draws: {by}")
+    if r["head"] in ("bayes", "ensemble"):
+        print(f"  entropy {r['entropy']:.3f} = expected {r['expected_entropy']:.3f} + mutual information {r['mi']:.4f}")
+    if "members" in r:
+        print(f"  ensemble of {len(r['members'])}: " + ", ".join(f"{m['out_dir']} ({m['head']})" for m in r["members"]))
+    if "shift" in r:
+        for name, v in r["shift"].items():
+            if name != "clean":
+                mi = f"; MI {v['mi']:.4f}, AUROC {v['auroc_mi']:.3f}" if "mi" in v else ""
+                print(f"  shifted text ({name}, {v['windows']} windows): entropy {v['entropy']:.3f} against "
+                      f"{r['shift']['clean']['entropy']:.3f} clean, AUROC {v['auroc_entropy']:.3f}{mi}")
 
 
 # ---- comparing runs ---------------------------------------------------------------------------------------
@@ -346,7 +489,11 @@ def report(r):
 METRICS = [("nll", "NLL"), ("ppl", "ppl"), ("acc", "top-1"), ("ece", "ECE"), ("ece_mass", "ECE (mass)"),
            ("brier", "Brier"), ("t_nll", "NLL, T-scaled"), ("t_ece", "ECE, T-scaled"),
            ("set_precision", "set P"), ("set_recall", "set R"), ("set_size", "set size"),
+           ("nll_1", "NLL, 1 draw"), ("nll_32", "NLL, 32 draws"), ("entropy", "entropy"), ("mi", "MI"),
+           ("auroc_words", "AUROC words, H"), ("auroc_mi_words", "AUROC words, MI"),
+           ("auroc_unigram", "AUROC unigram, H"), ("auroc_mi_unigram", "AUROC unigram, MI"),
            ("tokens_per_s", "train tok/s"), ("peak_mem_mb", "peak MB")]
+DEFAULT_METRICS = "nll,ppl,acc,ece,ece_mass,brier,t_nll,t_ece,set_precision,set_recall,set_size,tokens_per_s,peak_mem_mb"
 
 
 def load_run(out_dir):
@@ -356,7 +503,11 @@ def load_run(out_dir):
     with open(path) as f:
         r = json.load(f)
     r["t_nll"], r["t_ece"] = r["temperature_scaled"]["nll"], r["temperature_scaled"]["ece"]
-    rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    r.update({f"nll_{k}": v for k, v in r.get("nll_by_samples", {}).items()})
+    for name, v in r.get("shift", {}).items():
+        r.update({f"auroc_{name}": v.get("auroc_entropy"), f"auroc_mi_{name}": v.get("auroc_mi")})
+    log = os.path.join(out_dir, "metrics.jsonl")  # an ensemble, or a best/ folder, has none
+    rows = [json.loads(line) for line in open(log)] if os.path.isfile(log) else []
     steps = [s for s in rows if "tokens_per_s" in s][1:]  # the first logged step includes warm-up
     if steps:
         r["tokens_per_s"] = statistics.median(s["tokens_per_s"] for s in steps)
@@ -365,34 +516,54 @@ def load_run(out_dir):
     return r
 
 
-def compare(dirs, out="compare"):
-    """Runs with the same head (and targets) are seeds of one experiment: mean ± std over them."""
+def apart(a, b):
+    """Whether two groups' means differ by more than twice the larger of their standard deviations (a group of
+    one run has none: the other's counts); None when neither has one."""
+    stds = [statistics.stdev(v) for v in (a, b) if len(v) > 1]
+    return abs(statistics.mean(a) - statistics.mean(b)) > 2 * max(stds) if stds else None
+
+
+def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
+    """Runs with the same head (and targets) are seeds of one experiment: mean ± std over them. Each group is
+    set against the first (softmax, when it is there): a * marks a mean more than twice the larger std away."""
+    names = dict(METRICS)
+    keys = [k.strip() for k in metrics.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in names]
+    if unknown:
+        raise UserError(f"unknown metric {', '.join(unknown)}; known: {', '.join(names)}")
     runs = [load_run(d) for d in dirs]
     groups = {}
     for r in runs:
         r["name"] = r["head"] + (f" ({r['targets']} targets)" if r.get("targets", "next") != "next" else "")
+        if "members" in r:
+            r["name"] = f"ensemble of {len(r['members'])} {'/'.join(sorted({m['head'] for m in r['members']}))}"
         groups.setdefault(r["name"], []).append(r)
-    print(f"| head | runs | {' | '.join(name for _, name in METRICS)} |")
-    print("|" + " --- |" * (len(METRICS) + 2))
+    ref = groups.get("softmax", next(iter(groups.values())))
+    value = lambda rs, key: [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]  # not NaN
+    print(f"| head | runs | {' | '.join(names[k] for k in keys)} |")
+    print("|" + " --- |" * (len(keys) + 2))
     for head, rs in groups.items():
         cells = []
-        for key, _ in METRICS:
-            vals = [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]  # not missing, not NaN
+        for key in keys:
+            vals, against = value(rs, key), value(ref, key)
+            mark = " *" if rs is not ref and vals and against and apart(vals, against) else ""
             if not vals:
                 cells.append("n/a")
             elif len(vals) == 1:
-                cells.append(f"{vals[0]:.4g}")
+                cells.append(f"{vals[0]:.4g}{mark}")
             else:
-                cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
+                cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}{mark}")
         print(f"| {head} | {len(rs)} | {' | '.join(cells)} |")
+    print(f"\n* : the mean differs from {ref[0]['name']}'s by more than twice the larger std over seeds")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {h: f"C{i}" for i, h in enumerate(groups)}
     for r in runs:  # from the second evaluation on: the loss at init would squash the scale
-        ax.plot(*zip(*r["curve"][1:]), color=colors[r["name"]], alpha=0.7,
-                label=r["name"] if r is groups[r["name"]][0] else None)
+        if len(r["curve"]) > 1:
+            ax.plot(*zip(*r["curve"][1:]), color=colors[r["name"]], alpha=0.7,
+                    label=r["name"] if r is groups[r["name"]][0] else None)
     ax.set_xlabel("iteration")
     ax.set_ylabel("val NLL (nats/token)")
     ax.legend()
@@ -407,17 +578,34 @@ def compare(dirs, out="compare"):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--ensemble"]:
+        members = [a for a in argv[1:] if not a.startswith("-")]
+        settings = [a for a in argv[1:] if a.startswith("-") and not a.startswith("--out=")]
+        outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--out=")]
+        if {"-h", "--help"} & set(argv):
+            print("usage: python evaluate.py --ensemble OUT_DIR OUT_DIR [...] [--out=DIR] [settings as below]\n\n"
+                  "Scores the mean of the runs' predictive probabilities like one model, into DIR/eval_val.json "
+                  "(default DIR: ensemble).\n")
+            configure(EvalConfig, ["--help"])
+            return
+        if len(members) < 2:
+            raise UserError("--ensemble needs the out_dirs of at least 2 runs")
+        cfg = configure(EvalConfig, settings + [f"--out_dir={(outs or ['ensemble'])[0]}"])
+        report(run(cfg, members))
+        return
     if argv[:1] == ["--compare"]:
         if {"-h", "--help"} & set(argv):
-            print("usage: python evaluate.py --compare OUT_DIR [OUT_DIR ...] [--out=PREFIX]\n\n"
-                  "A markdown table of the runs' eval_val.json (mean ± std over seeds, grouped by head),\n"
-                  "and PREFIX_val_loss.png, PREFIX_reliability.png (default PREFIX: compare).")
+            print("usage: python evaluate.py --compare OUT_DIR [OUT_DIR ...] [--out=PREFIX] [--metrics=KEY,KEY...]\n\n"
+                  "A markdown table of the runs' eval_val.json (mean ± std over seeds, grouped by head; * where a\n"
+                  "group's mean is more than twice the larger std from softmax's), and PREFIX_val_loss.png,\n"
+                  "PREFIX_reliability.png (default PREFIX: compare).\n\n"
+                  f"metrics (default {DEFAULT_METRICS}):\n  " + ", ".join(f"{k} ({n})" for k, n in METRICS))
             return
         dirs = [a for a in argv[1:] if not a.startswith("-")]
-        outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--out=")]
-        if not dirs:
-            raise UserError("--compare needs the out_dirs of the runs to compare")
-        compare(dirs, *outs[:1])
+        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+        if not dirs or set(opts) - {"out", "metrics"}:
+            raise UserError("usage: python evaluate.py --compare OUT_DIR [OUT_DIR ...] [--out=PREFIX] [--metrics=...]")
+        compare(dirs, **opts)
         return
     cfg = configure(EvalConfig, argv)
     report(run(cfg))

@@ -114,7 +114,7 @@ def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
     listed, _ = entries(help_of(evaluate, ["--help"], capsys))
     assert listed["set_k"][3] == (source_comment(evaluate, "set_k") +
                                   " if it trained with sigmoid_targets='ngram', else off; 0: off")
-    assert listed["seed"][3] == ""  # the continuation above it is set_k's, not seed's
+    assert listed["shift"][3] == source_comment(evaluate, "shift")  # the continuation above it is set_k's
     listed, heads = entries(help_of(bench, ["--help"], capsys))
     assert listed["n_layer"][3] == "" and listed["norm"][3] == source_comment(train, "norm")  # the parent's
     assert listed["what"][3] == source_comment(bench, "what") and heads["BenchConfig"] == list(listed).index("what")
