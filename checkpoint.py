@@ -22,7 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -97,11 +97,24 @@ def fine_tune_from(model, src, spec):
     if src["tokenizer"] != spec:
         raise UserError("cannot fine-tune from that checkpoint: its tokenizer is not this data's tokenizer")
     own = model.state_dict()
-    missing, _ = model.load_state_dict({k: v for k, v in src["model"].items() if k in own}, strict=False)
+    weights = fit_vocab({k: v for k, v in src["model"].items() if k in own}, own, model.config.vocab_size)
+    missing, _ = model.load_state_dict(weights, strict=False)
     dropped = sorted(set(src["model"]) - set(own))
     print(f"fine-tuning from a {src['model_config'].get('head', 'softmax')} checkpoint"
           + (f"; fresh: {', '.join(missing)}" if missing else "")
           + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
+
+
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # padded to vocab_multiple rows (GPTConfig)
+
+
+def fit_vocab(weights, own, V):
+    """weights (a state dict) with the embedding/output matrix cut or padded to the rows `own` has: the V real
+    rows are the weights', any padding rows own's (the vocab_multiple of the run and the source may differ)."""
+    for k in VOCAB_ROWS:
+        if k in weights and k in own and weights[k].shape != own[k].shape:
+            weights[k] = torch.cat([weights[k][:V].to(own[k].device), own[k][V:]])
+    return weights
 
 
 # --- the resume state (see the top of this file) --------------------------------------------------------------
@@ -138,7 +151,9 @@ def training_state(model, optimizer, scaler, progress, rng):
 
 def check_resumable(ckpt, mconf, optimizer, out_dir):
     """Refuse to resume a checkpoint whose model differs from the config's in any setting, or whose optimizer
-    state is another optimizer's."""
+    state is another optimizer's; returns mconf with the checkpoint's vocab_multiple (its matrices' shape, which
+    the device chose: a run started on a CPU keeps its unpadded vocabulary on a GPU)."""
+    mconf = replace(mconf, vocab_multiple=saved_config(ckpt)["vocab_multiple"])
     for k, v in saved_config(ckpt).items():
         if getattr(mconf, k) != v:
             raise UserError(f"cannot resume: the checkpoint has {k}={v!r} but this config says "
@@ -148,6 +163,7 @@ def check_resumable(ckpt, mconf, optimizer, out_dir):
         raise UserError(f"cannot resume: the checkpoint was trained with optimizer={was!r}, this config says "
                         f"{optimizer!r}; to switch, start a new run from its weights: --init_from={out_dir}/ckpt.pt "
                         f"and another out_dir")
+    return mconf
 
 
 def restore(ckpt, model, optimizer, scaler, gen):
@@ -208,7 +224,8 @@ def from_pretrained(name, **overrides):
     written by save_pretrained. overrides: settings that leave the weights' shapes alone: dropout, the head
     (sigmoid and bayes start from the pretrained matrix, their own parameters at their init) and block_size (at
     most the model's 1,024: the position embeddings are cut to it)."""
-    allowed = {"block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std", "bayes_samples"}
+    allowed = {"block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std", "bayes_samples",
+               "vocab_multiple"}
     if set(overrides) - allowed:
         raise ValueError(f"from_pretrained can only change {', '.join(sorted(allowed))}, "
                          f"not {', '.join(sorted(set(overrides) - allowed))}")
@@ -222,7 +239,7 @@ def from_pretrained(name, **overrides):
     sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in hf.state_dict().items()
           if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers of older versions
     sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size]
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(fit_vocab(sd, model.state_dict(), c.vocab_size), strict=False)
     if unexpected or set(missing) - {"lm_bias", "lm_rho"}:
         raise ValueError(f"{name} does not fit GPT-2's layout (missing {missing}, unexpected {unexpected})")
     return model
@@ -233,7 +250,7 @@ def from_gpt2(name, mconf, spec):
     config's head, dropout and block_size. The config must state the pretrained shape (n_layer, n_head,
     n_embd): resuming this run is checked against it, so the config file says what model it trains."""
     kw = {k: getattr(mconf, k) for k in ("block_size", "dropout", "head", "bayes_prior_std", "bayes_init_std",
-                                         "bayes_samples")}
+                                         "bayes_samples", "vocab_multiple")}
     try:
         model = from_pretrained(name, **kw)
     except (ImportError, OSError, ValueError) as e:
@@ -273,6 +290,7 @@ def export_hf(model, folder, eos_token_id=None):
                     tie_word_embeddings=True, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     hf = GPT2LMHeadModel(hc)
     ours = model.state_dict()
+    ours.update({k: ours[k][:c.vocab_size] for k in VOCAB_ROWS})  # without the padding rows (vocab_multiple)
     sd = {k: (ours[k].t() if k.endswith(CONV1D) else ours[k]) if k in ours else torch.zeros_like(v)
           for k, v in hf.state_dict().items()}  # absent keys: biases of a bias=False model
     hf.load_state_dict({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, strict=True)

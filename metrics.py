@@ -115,6 +115,7 @@ def open_wandb(cfg):
 
 
 def plot_curves(metrics_path, png_path):
+    """The loss and learning-rate curves of metrics.jsonl, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
@@ -132,9 +133,13 @@ def plot_curves(metrics_path, png_path):
     ax2.set_xlabel("iteration")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_write(png_path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    except OSError as e:
+        raise UserError(f"trained and saved, but cannot write {png_path} ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
 
 
 # --- speed: FLOPs, MFU, memory, time left --------------------------------------------------------------------

@@ -165,7 +165,11 @@ class Block(nn.Module):
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
-    vocab_size: int = 50304  # GPT-2's 50,257 padded up to a multiple of 64 for faster matmuls
+    vocab_size: int = 50257  # tokens the model reads and predicts (GPT-2's 50,257)
+    # the embedding/output matrix has vocab_size rows rounded up to a multiple of this: 64 on a GPU gives its
+    # biggest matmul tensor-core friendly shapes (50,257 -> 50,304 rows). The extra rows are never read (no
+    # token has their ids) and their logits are cut off before anything sees them: never predicted or sampled
+    vocab_multiple: int = 1
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -201,13 +205,19 @@ class GPTConfig:
                              ("pos", ("learned", "rope"))):
             if getattr(self, key) not in choices:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose {' or '.join(choices)}")
-        if self.mlp_multiple < 1:
-            raise ValueError(f"mlp_multiple must be at least 1, got {self.mlp_multiple}")
+        if self.mlp_multiple < 1 or self.vocab_multiple < 1:
+            raise ValueError(f"mlp_multiple and vocab_multiple must be at least 1, got {self.mlp_multiple}, "
+                             f"{self.vocab_multiple}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"rope rotates pairs of dimensions: the head size n_embd / n_head = "
                              f"{self.n_embd // self.n_head} must be even")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def padded_vocab(self):
+        """Rows of the embedding and output matrix: vocab_size rounded up to a multiple of vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class GPT(nn.Module):
@@ -215,14 +225,14 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wte=nn.Embedding(config.padded_vocab, config.n_embd),  # token embeddings
             # learned position embeddings; none with rope, where positions act inside attention
             wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab, bias=False)
         # weight tying: the output layer scores token j by the dot product with j's input embedding, so one
         # matrix learns what a token means both as input and as prediction (and 38M fewer parameters in GPT-2)
         self.transformer.wte.weight = self.lm_head.weight
@@ -231,7 +241,7 @@ class GPT(nn.Module):
             # a bias per token, starting at logit(1/V) = -log(V-1): every sigmoid starts at 1/V, the same
             # "any token, equally" as softmax at init; without it each of V sigmoids starts at 1/2, and the
             # first steps are spent pushing V-1 of them down
-            self.lm_bias = nn.Parameter(torch.full((V,), -math.log(V - 1)))
+            self.lm_bias = nn.Parameter(torch.full((V,), -math.log(V - 1)))  # V: the padding has none
         if config.head == "bayes":
             # q(W) = N(mu, sigma^2) per output weight, sigma = softplus(rho) > 0. mu *is* the tied lm_head/wte
             # matrix: with sigma -> 0 the head is exactly the softmax head, the parameter count differs from it
@@ -315,9 +325,13 @@ class GPT(nn.Module):
     # --- the output head (heads.py): the only place where the choice of head matters ---------------------
 
     def logits(self, h):
-        """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights."""
+        """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights. The
+        matmul runs over the padded rows (vocab_multiple), whose logits are then cut off."""
         z = self.lm_head(h)
-        return z + self.lm_bias if self.config.head == "sigmoid" else z
+        if z.size(-1) != self.config.vocab_size:
+            z = z[..., :self.config.vocab_size]
+        # the bias in z's dtype: under autocast, adding an fp32 bias would make a second, fp32 (B, T, V) tensor
+        return z + self.lm_bias.to(z.dtype) if self.config.head == "sigmoid" else z
 
     def head_loss(self, logits, targets, h=None, target_sets=None):
         """Mean loss per predicted token (nats), targets of -1 ignored, in fp32; 0 when every target is ignored
@@ -360,7 +374,7 @@ class GPT(nn.Module):
         """bayes: KL(q(W) || N(0, bayes_prior_std^2)) summed over the output weights; 0 for the other heads."""
         if self.config.head != "bayes":
             return torch.zeros((), device=self.lm_head.weight.device)
-        return GaussianKL.apply(self.lm_head.weight, self.lm_rho, self.config.bayes_prior_std)
+        return GaussianKL.apply(self.lm_head.weight[:self.config.vocab_size], self.lm_rho, self.config.bayes_prior_std)
 
     # ------------------------------------------------------------------------------------------------------
 
