@@ -4,12 +4,18 @@ Throughput benchmarks: training speed, sampling speed with and without the KV ca
     python bench.py config/shakespeare_char.py            # any train config; its model, batch and device
     python bench.py config/shakespeare_char.py --json     # one JSON object, for scripts
     python bench.py config/shakespeare_char.py --what sample --sample_tokens 1000
+    python bench.py config/owt_gpt2.py --what grid --vocab_size 50257 --gradient_accumulation_steps 1  # a GPU's table
     python bench.py --what tokenizer --text_file input.txt   # BPE vs HuggingFace tokenizers and tiktoken
 
 Training: median ms per optimizer step over bench_iters steps (after warmup steps that are not timed),
 tokens/s, and MFU: achieved FLOP/s (6N + attention per token, see metrics.flops_per_token) over the hardware's
 peak (a GPU's datasheet, or on CPU a matmul measured right here, so MFU reads "share of what this CPU can
-really do").
+really do"). On a GPU the peak is the datasheet's dense tensor-core number for the training dtype: bf16/fp16,
+or TF32 for float32 (train.py runs float32 matmuls as TF32, model.allow_tf32); peak memory is the most the
+step had allocated.
+
+Grid (`--what grid`): training for every head, eager and compiled, each in a fresh process (its own compile,
+its own memory peak), then sampling: the README's GPU table in one command.
 
 Sampling: median tokens/s of generate.generate over `repeats` runs, with the KV cache and without it (the
 cache-free path re-runs the whole context for every token), same model, prompt and random seed, so both
@@ -47,8 +53,8 @@ import torch
 from configurator import UserError, configure, main_guard
 import heads
 from generate import generate
-from metrics import flops_per_token, peak_flops
-from model import GPT, autocast, pick_device, pick_dtype
+from metrics import flops_per_token, peak_flops, peak_memory_mb
+from model import GPT, allow_tf32, autocast, pick_device, pick_dtype
 from prepare_data import bundled_shakespeare
 from tokenizer import BPETokenizer
 from train import TrainConfig, make_optimizer, model_config
@@ -56,8 +62,8 @@ from train import TrainConfig, make_optimizer, model_config
 
 @dataclass
 class BenchConfig(TrainConfig):  # every train setting (so train configs work here), plus:
-    what: str = "all"  # 'train', 'sample', 'all' (both) or 'tokenizer'
-    vocab_size: int = 65  # random tokens of this vocabulary (no data needed)
+    what: str = "all"  # 'train', 'sample', 'all' (both), 'grid' (every head, eager and compiled), 'heads' or 'tokenizer'
+    vocab_size: int = 0  # random tokens of this vocabulary; 0: the config's data's (data/<dataset>/meta.json)
     bench_iters: int = 10  # timed training steps
     warmup: int = 2  # untimed steps first (allocator, caches, compile)
     sample_tokens: int = 500
@@ -75,17 +81,34 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def build(cfg):
-    """The config's model with random weights (seeded: both benchmarks see the same model)."""
+def build(cfg, device):
+    """The config's model with random weights (seeded: both benchmarks see the same model), shaped as train.py
+    would make it on this device (a padded vocabulary on a GPU)."""
     torch.manual_seed(cfg.seed)
-    return GPT(model_config(cfg, cfg.vocab_size))
+    return GPT(model_config(cfg, cfg.vocab_size, device)).to(device)
+
+
+def vocab_of(cfg):
+    """--vocab_size, or the vocabulary of the config's prepared data: a GPT-2 config benchmarks 50,257 outputs,
+    not a character vocabulary (the output layer is a quarter of GPT-2's step)."""
+    if cfg.vocab_size:
+        return cfg.vocab_size
+    path = os.path.join(cfg.data_dir, cfg.dataset, "meta.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["vocab_size"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"no vocabulary to benchmark: cannot read {path} ({type(e).__name__}); prepare the data "
+                        f"or pass --vocab_size (50257 for GPT-2's tokens)") from None
 
 
 def bench_train(cfg, device, dtype, ctx):
-    model = build(cfg).to(device)
+    model = build(cfg, device)
     opt = make_optimizer(model, cfg, device)
     fwd = torch.compile(model) if cfg.compile else model
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(cfg.warmup + cfg.bench_iters):
         sync(device)
@@ -105,11 +128,12 @@ def bench_train(cfg, device, dtype, ctx):
     peak = peak_flops(device, dtype)
     mfu = flops_per_token(model, cfg.block_size) * tokens / dt / peak if peak else None
     return {"params_M": model.num_params() / 1e6, "ms_per_iter": dt * 1000, "tokens_per_iter": tokens,
-            "tokens_per_s": tokens / dt, "mfu": mfu, "peak_tflops": peak / 1e12 if peak else None}
+            "tokens_per_s": tokens / dt, "mfu": mfu, "peak_tflops": peak / 1e12 if peak else None,
+            "peak_mem_mb": peak_memory_mb(device)}
 
 
 def bench_sample(cfg, device, ctx):
-    model = build(cfg).eval().to(device)
+    model = build(cfg, device).eval()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     lengths = [cfg.sample_tokens]
     if cfg.sample_tokens + 1 > cfg.block_size:
@@ -152,7 +176,7 @@ def _formula_loss(model, x, y):
     if model.config.head == "sigmoid":
         return heads.sigmoid_bce_reference(z, torch.arange(len(z), device=z.device), y.flatten()).mean()
     ce = heads.sampled_ce_reference(z, h, model.lm_rho, y.flatten(), torch.randn_like(z)).mean()
-    return ce + heads.gaussian_kl_reference(model.lm_head.weight, model.lm_rho, model.config.bayes_prior_std) / 1e6
+    return ce + heads.gaussian_kl_reference(model.lm_head.weight[:model.config.vocab_size], model.lm_rho, model.config.bayes_prior_std) / 1e6
 
 
 def _head_step(cfg, head):
@@ -160,9 +184,11 @@ def _head_step(cfg, head):
     head 'sigmoid-formula' / 'bayes-formula': that head's loss written as heads.py's reference formulas."""
     torch.set_num_threads(cfg.threads) if cfg.threads else None
     device = pick_device(cfg.device)
+    allow_tf32(device)
+    ctx = autocast(device, pick_dtype(cfg.dtype, device))  # the training dtype
     formula = head.endswith("-formula")
     cfg.head = head.removesuffix("-formula")
-    model = build(cfg).to(device)
+    model = build(cfg, device)
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     y = x.roll(-1, dims=1)
     for p in model.parameters():  # gradients allocated before measuring: they are the same for every head
@@ -174,10 +200,11 @@ def _head_step(cfg, head):
     for i in range(cfg.warmup + cfg.bench_iters):
         sync(device)
         t = time.perf_counter()
-        if formula:
-            loss = _formula_loss(model, x, y)
-        else:
-            _, loss = model(x, y)
+        with ctx:
+            if formula:
+                loss = _formula_loss(model, x, y)
+            else:
+                _, loss = model(x, y)
         if head == "bayes":
             loss = loss + model.kl() / 1e6  # train.py divides by the training tokens: same cost
         loss.backward()
@@ -206,6 +233,46 @@ def bench_heads(cfg):
         r["time_ratio"] = r["ms"] / rows[0]["ms"]
         r["mem_ratio"] = r["extra_mb"] / rows[0]["extra_mb"] if r["extra_mb"] and rows[0]["extra_mb"] else None
     return rows
+
+
+# ---- the grid: every head, eager and compiled ----
+
+def _train_row(cfg, head, compile):
+    """bench_train for one head, eager or compiled; run in a fresh process."""
+    device = pick_device(cfg.device)
+    allow_tf32(device)
+    dtype = pick_dtype(cfg.dtype, device)
+    cfg.head, cfg.compile = head, compile
+    return {"head": head, "compile": compile, **bench_train(cfg, device, dtype, autocast(device, dtype))}
+
+
+def bench_grid(cfg):
+    """Training rows for softmax, sigmoid and bayes, eager and compiled, each in a fresh process, then sampling
+    (the softmax model, eager) with and without the KV cache."""
+    spawn = multiprocessing.get_context("spawn")
+    rows = []
+    for compile in (False, True):
+        for head in ("softmax", "sigmoid", "bayes"):
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                rows.append(pool.submit(_train_row, cfg, head, compile).result())
+    for r in rows:
+        base = next(s for s in rows if s["head"] == "softmax" and s["compile"] == r["compile"])
+        r["vs_softmax"] = r["ms_per_iter"] / base["ms_per_iter"]
+    device = pick_device(cfg.device)
+    cfg.head = "softmax"
+    return rows, bench_sample(cfg, device, autocast(device, pick_dtype(cfg.dtype, device)))
+
+
+def print_grid(cfg, device, dtype, rows):
+    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    print(f"training on {device}, {dtype}: {cfg.n_layer}L {cfg.n_embd}d {cfg.n_head}h, vocab {cfg.vocab_size:,}, "
+          f"{tokens:,} tokens/iter; median of {cfg.bench_iters} steps after {cfg.warmup}\n")
+    print("| head | compiled | ms/iter | vs softmax | tokens/s | MFU | peak memory (GB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] else "n/a"
+        print(f"| {r['head']} | {'yes' if r['compile'] else 'no'} | {r['ms_per_iter']:.1f} | {r['vs_softmax']:.2f}x | "
+              f"{r['tokens_per_s']:,.0f} | {mfu} | {r['peak_mem_mb'] / 1024:.1f} |")
 
 
 # ---- tokenizer ----
@@ -345,8 +412,10 @@ def print_tokenizer(r):
 
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
-    if cfg.what not in ("train", "sample", "all", "tokenizer", "heads"):
-        raise UserError(f"what={cfg.what!r}: choose train, sample, all, tokenizer or heads")
+    if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads"):
+        raise UserError(f"what={cfg.what!r}: choose train, sample, all, grid, tokenizer or heads")
+    if cfg.what != "tokenizer":
+        cfg.vocab_size = vocab_of(cfg)
     if cfg.objective == "mlm" and cfg.what in ("sample", "all"):
         raise UserError("a masked language model does not generate: use --what=train with objective='mlm'")
     if cfg.what == "heads":
@@ -368,10 +437,13 @@ def main(argv=None):
         print(json.dumps(r)) if cfg.json else print_tokenizer(r)
         return
     device = pick_device(cfg.device)
+    allow_tf32(device)
     dtype = pick_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)
     result = {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
               "dtype": dtype, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if cfg.what == "grid":
+        result["train"], result["sample"] = bench_grid(cfg)
     if cfg.what in ("train", "all"):
         result["train"] = bench_train(cfg, device, dtype, ctx)
     if cfg.what in ("sample", "all"):
@@ -380,7 +452,10 @@ def main(argv=None):
         print(json.dumps(result))
         return
     print(f"device {result['device']}, {dtype}, {result['threads']} threads, torch {result['torch']}")
-    if "train" in result:
+    if cfg.what == "grid":
+        print()
+        print_grid(cfg, result["device"], dtype, result["train"])
+    elif "train" in result:
         r = result["train"]
         mfu = f"{r['mfu'] * 100:.1f}% of {r['peak_tflops']:.2f} TFLOP/s" if r["mfu"] else "n/a"
         print(f"\ntraining ({cfg.n_layer}L {cfg.n_embd}d {cfg.n_head}h, {r['params_M']:.2f}M params, "

@@ -169,10 +169,27 @@ def check_resumable(ckpt, mconf, optimizer, out_dir):
 def restore(ckpt, model, optimizer, scaler, gen):
     """Load the training state into the model, optimizer, GradScaler and batch generator; return its Progress."""
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    load_optimizer(optimizer, ckpt["optimizer"])
+    if ckpt["scaler"] or not scaler.is_enabled():  # a bf16 or fp32 run resumed in float16: a fresh loss scale
+        scaler.load_state_dict(ckpt["scaler"])
     gen.set_state(ckpt["rng"]["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
     return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])
+
+
+RUN_FLAGS = ("fused", "foreach", "capturable", "lr_scale")  # how this run steps, not what was learned
+
+
+def load_optimizer(optimizer, state):
+    """optimizer.load_state_dict(state), keeping this run's RUN_FLAGS in every parameter group: a run started
+    on a CPU and resumed on a GPU steps fused, and Muon's lr_scale is this run's muon_lr. The flags go in before
+    loading, which places the state where they need it. A train.Optimizers state holds one per optimizer."""
+    if "optimizers" in state:
+        for o, s in zip(optimizer.optimizers, state["optimizers"]):
+            load_optimizer(o, s)
+        return
+    groups = [g | {k: mine[k] for k in RUN_FLAGS if k in mine} for g, mine in zip(state["param_groups"],
+                                                                                 optimizer.param_groups)]
+    optimizer.load_state_dict(state | {"param_groups": groups})
 
 
 def restore_dropout_rng(rng, rank, world, device):

@@ -161,6 +161,18 @@ def scores(logp, y):
             "brier": p.square().sum(-1) - 2 * p_y + 1}
 
 
+def nll_at_temperatures(logp, y, inv_t, size=2 ** 25):
+    """The summed NLL of targets y (N,) under log-probabilities logp (N, V) sharpened or flattened by each
+    temperature, p ∝ p^(1/T), inv_t = 1/T (K,). Computed on K x rows x V <= size elements at a time (~128 MB in
+    fp32): all at once would be K x N x V, ~30 GB for 97 temperatures of a 16 x 1024 batch at V = 50,257."""
+    rows = max(1, size // (len(inv_t) * logp.size(-1)))
+    total = torch.zeros(len(inv_t), dtype=torch.float64, device=logp.device)
+    for i in range(0, len(y), rows):
+        lp = (logp[None, i:i + rows] * inv_t[:, None, None]).log_softmax(-1)  # (K, rows, V)
+        total -= lp.gather(-1, y[None, i:i + rows, None].expand(len(inv_t), -1, 1)).sum((1, 2)).double()
+    return total.cpu().numpy()
+
+
 def summarise(parts):
     """The metrics from per-token tensors gathered over the whole evaluation."""
     t = {k: torch.cat([p[k] for p in parts]).double().numpy() for k in parts[0]}
@@ -202,10 +214,7 @@ def one_pass(models, x, y, am, cfg, ctx, device, temps=None):
             if temps is not None:  # p ∝ p^(1/T)
                 logp = (logp / temps[fold]).log_softmax(-1)
             else:
-                for j in range(0, len(TEMPERATURES), 8):  # NLL at 8 temperatures at a time
-                    lp = (logp[None] * inv_t[j:j + 8, None, None]).log_softmax(-1)
-                    nll_by_t[fold, j:j + 8] -= lp.gather(-1, yf[None, :, None].expand(len(lp), -1, 1)
-                                                         ).sum((1, 2)).cpu().numpy()
+                nll_by_t[fold] += nll_at_temperatures(logp, yf, inv_t)
                 sums["entropy"] += entropy.sum().item()
                 sums["expected_entropy"] += (entropy - mi).sum().item()
                 sums["mi"] += mi.sum().item()

@@ -10,12 +10,22 @@ The output heads: how the final hidden states become a training loss and a next-
 For each: first the plain formula, a few lines that autograd differentiates. Then, where it pays, a fast
 autograd Function with the gradient written out, whose docstring says what it saves; tests/test_heads.py
 checks that both give the same values and gradients. model.py picks the head (GPT.head_loss, log_probs).
+
+Precision: every loss here is computed in float32, whatever autocast says (model.py hands the logits over in
+fp32, and the regions below marked fp32() switch autocast off). The bayes head's variances are the reason: a
+weight's sigma^2 of 1e-6 times h^2 is below float16's smallest normal number (6e-5), so under float16 autocast
+the noise would vanish, or the loss turn inf and the GradScaler skip every step.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+
+def fp32(x):
+    """A region where autocast is off, so the matmuls on x's device run in the dtype given (here float32)."""
+    return torch.autocast(x.device.type, enabled=False)
+
 
 # --- softmax ----------------------------------------------------------------------------------------------
 
@@ -51,7 +61,7 @@ class SigmoidBCE(torch.autograd.Function):
     def backward(ctx, g):
         z, rows, cols = ctx.saved_tensors
         grad = torch.sigmoid(z)
-        grad.index_put_((rows, cols), z.new_tensor(-1.0), accumulate=True)
+        grad.index_put_((rows, cols), z.new_full((), -1.0), accumulate=True)  # no host-to-device copy
         return grad.mul_(g[:, None]), None, None
 
 
@@ -68,8 +78,10 @@ def sigmoid_log_probs(z):
 
 
 def logit_std(h, rho):
-    """The standard deviation of each logit (..., V) for hidden states h (..., C); sigma = softplus(rho)."""
-    return (h.square() @ F.softplus(rho).square().t()).clamp_min(1e-20).sqrt()
+    """The standard deviation of each logit (..., V) for hidden states h (..., C); sigma = softplus(rho). In fp32
+    (see the top of this file)."""
+    with fp32(h):
+        return (h.float().square() @ F.softplus(rho.float()).square().t()).clamp_min(1e-20).sqrt()
 
 
 def sampled_ce_reference(z, h, rho, y, eps):
@@ -107,9 +119,14 @@ class SampledCE(torch.autograd.Function):
     one other tensor; backward scales them by the incoming gradient and does the matmuls."""
 
     @staticmethod
-    def forward(ctx, z, h2, rho, y):
+    def forward(ctx, z, h2, rho, y):  # z: fp32 logits, h2 = h^2, all in fp32 here (see the top of this file)
+        with fp32(z):
+            return SampledCE.draw(ctx, z.float(), h2.float(), rho, y)
+
+    @staticmethod
+    def draw(ctx, z, h2, rho, y):
         s2 = F.softplus(rho.float()).square_()
-        gv = torch.mm(h2, s2.to(h2.dtype).t()).float()  # the variances v, then dL/dv in the same memory
+        gv = torch.mm(h2, s2.t())  # the variances v, then dL/dv in the same memory
         gz = torch.empty_like(z)  # each block's draw s, then softmax(s) - onehot(y) in the same memory
         loss = z.new_empty(len(z))
         blocks = row_blocks(z)
@@ -132,10 +149,11 @@ class SampledCE(torch.autograd.Function):
         # the saved tensors are changed in place: a second backward (retain_graph) is refused by autograd's
         # check that saved tensors are unchanged
         gz, gv, h2, s2 = ctx.saved_tensors
-        gz.mul_(g[:, None])
-        gv = gv.mul_(g[:, None]).to(h2.dtype)
-        grad_h2 = gv @ s2.to(h2.dtype)
-        grad_rho = (gv.t() @ h2).float()
+        with fp32(gz):
+            gz.mul_(g[:, None])
+            gv = gv.mul_(g[:, None])
+            grad_h2 = gv @ s2
+            grad_rho = gv.t() @ h2
         sigma = s2.sqrt_()  # d sigma / d rho = sigmoid(rho) = 1 - exp(-sigma), as softplus(rho) = log(1 + e^rho)
         grad_rho.mul_(sigma).mul_(2).mul_(sigma.neg_().expm1_().neg_())
         return gz, grad_h2, grad_rho, None
@@ -155,15 +173,16 @@ class GaussianKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, rho, sp):
-        mu32, zero = mu.float().flatten(), rho.new_zeros((), dtype=torch.float32)
-        kl = (mu32 @ mu32) / (2 * sp ** 2) + rho.numel() * (math.log(sp) - 0.5)
-        blocks = row_blocks(rho)
-        buf = scratch(rho, blocks)
-        for b in blocks:
-            sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])]).flatten()
-            kl = kl + (sigma @ sigma) / (2 * sp ** 2) - sigma.log_().sum()
         ctx.save_for_backward(mu, rho)
         ctx.sp = sp
+        mu32, zero = mu.float().flatten(), rho.new_zeros((), dtype=torch.float32)
+        with fp32(mu):  # the dot products: sums over millions of weights
+            kl = (mu32 @ mu32) / (2 * sp ** 2) + rho.numel() * (math.log(sp) - 0.5)
+            blocks = row_blocks(rho)
+            buf = scratch(rho, blocks)
+            for b in blocks:
+                sigma = torch.logaddexp(rho[b].float(), zero, out=buf[:len(rho[b])]).flatten()
+                kl = kl + (sigma @ sigma) / (2 * sp ** 2) - sigma.log_().sum()
         return kl
 
     @staticmethod

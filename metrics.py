@@ -22,10 +22,12 @@ from configurator import UserError, atomic_write
 # --- the loss, estimated at each evaluation -------------------------------------------------------------
 
 @torch.no_grad()
-def estimate_loss(model, d, cfg, device, ctx):
+def estimate_loss(model, d, cfg, device, ctx, log_probs=None):
     """Mean NLL of the normalised prediction (the same measure for every head) over eval_iters batches per
     split; for mlm, of the masked-out tokens. Batches and masks come from fixed seeds (every evaluation scores
-    the same tokens) and weight draws from a forked RNG, so evaluating never moves the training streams."""
+    the same tokens) and weight draws from a forked RNG, so evaluating never moves the training streams.
+    log_probs: model.log_probs, or a compiled version of it."""
+    log_probs = log_probs or model.log_probs
     model.eval()
     out = {}
     with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
@@ -36,7 +38,7 @@ def estimate_loss(model, d, cfg, device, ctx):
                 ix = torch.randint(data.batch_rows(d, split), (cfg.batch_size,), generator=gen).tolist()
                 x, y, am = data.get_batch(d, split, ix, device, data.mask_seed(cfg.seed, 1, k))
                 with ctx:
-                    logp = model.log_probs(x, am)
+                    logp = log_probs(x, am)
                 losses.append(torch.nn.functional.nll_loss(logp.flatten(0, 1), y.flatten(), ignore_index=-1).item())
             out[split] = sum(losses) / len(losses)
     model.train()
@@ -144,9 +146,11 @@ def plot_curves(metrics_path, png_path):
 
 # --- speed: FLOPs, MFU, memory, time left --------------------------------------------------------------------
 
-PEAKS = {"H200": (989e12, 67e12), "H100 PCIe": (756e12, 51e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
-         "L4": (121e12, 30e12), "A10": (125e12, 31e12), "4090": (165e12, 83e12), "3090": (71e12, 36e12),
-         "V100": (125e12, 15.7e12), "T4": (65e12, 8e12)}  # datasheets, dense bf16/fp16 and fp32; first match wins
+# Datasheet peaks, dense (no sparsity): (bf16/fp16 tensor cores, float32 matmuls as this project runs them:
+# TF32 tensor cores from Ampere on (model.allow_tf32), plain fp32 before). The first name that matches wins.
+PEAKS = {"H200": (989e12, 494e12), "H100 PCIe": (756e12, 378e12), "H100": (989e12, 494e12),
+         "A100": (312e12, 156e12), "L4": (121e12, 60e12), "A10": (125e12, 62.5e12), "4090": (165e12, 82.6e12),
+         "3090": (71e12, 35.6e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12)}
 
 
 def peak_flops(device, dtype):

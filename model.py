@@ -166,9 +166,8 @@ class Block(nn.Module):
 class GPTConfig:
     block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
     vocab_size: int = 50257  # tokens the model reads and predicts (GPT-2's 50,257)
-    # the embedding/output matrix has vocab_size rows rounded up to a multiple of this: 64 on a GPU gives its
-    # biggest matmul tensor-core friendly shapes (50,257 -> 50,304 rows). The extra rows are never read (no
-    # token has their ids) and their logits are cut off before anything sees them: never predicted or sampled
+    # the embedding/output matrix has vocab_size rows rounded up to a multiple of this (64 on GPUs: 50,304 rows,
+    # tensor-core shapes); no token has the extra ids, and their logits are cut off before anything sees them
     vocab_multiple: int = 1
     n_layer: int = 12
     n_head: int = 12
@@ -347,7 +346,7 @@ class GPT(nn.Module):
         if target_sets is not None:
             raise ValueError("target_sets are for the sigmoid head (the others have one right answer per token)")
         if self.config.head == "bayes" and self.training:  # one draw of every logit: unbiased for E_q[CE]
-            h2 = h.reshape(-1, h.size(-1)).square()
+            h2 = h.reshape(-1, h.size(-1)).float().square()
             return (SampledCE.apply(z, h2, self.lm_rho, y.clamp_min(0)) * keep).sum() / n
         if self.config.head == "bayes":  # what we report: NLL of the averaged prediction, never with the KL
             logp = self.head_log_probs(logits, h).reshape(-1, V)
@@ -409,11 +408,6 @@ class GPT(nn.Module):
         mi = entropy - expected_entropy if self.config.head == "bayes" else torch.zeros_like(entropy)
         return logp, entropy, mi
 
-    @torch.no_grad()
-    def uncertainty(self, idx):
-        """`predictive` at every position of idx (B, T)."""
-        return self.predictive(self.hidden(idx))
-
 
 # --- where it runs: the two settings every script resolves alike ---------------------------------------------
 
@@ -430,11 +424,19 @@ def pick_dtype(name, device):
     """'auto': bfloat16 on a GPU that has it, else float16 on cuda, else float32. A bad name is a ValueError."""
     if name == "auto":
         if device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            # bf16 in hardware from Ampere (compute capability 8.0) on; torch.cuda.is_bf16_supported() also
+            # counts the slow emulation of older GPUs, where float16 with a GradScaler is the fast choice
+            return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
         return "float32"
     if name not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {name!r}")
     return name
+
+
+def allow_tf32(device):
+    """On CUDA, float32 matmuls in TF32 (10-bit mantissa, float32's range): ~8x faster on Ampere and later."""
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # torch >= 2.9's API, which replaces allow_tf32
 
 
 def autocast(device, dtype):

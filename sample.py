@@ -192,7 +192,7 @@ def show_uncertainty(model, ids, n_prompt, tok, ctx, device):
     bs = model.config.block_size
     seq = torch.tensor(ids[-bs - 1:], device=device)[None, :]  # predictions for the last <= bs tokens
     with ctx, torch.no_grad():
-        logp, entropy, mi = model.uncertainty(seq[:, :-1])
+        logp, entropy, mi = model.predictive(model.hidden(seq[:, :-1]))
     p = logp[0].gather(-1, seq[0, 1:, None]).exp().squeeze(-1)
     first = max(n_prompt, len(ids) - (seq.size(1) - 1))
     print(f"{'token':>14} {'p':>7} {'entropy':>8} {'MI':>7}")

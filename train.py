@@ -27,7 +27,7 @@ from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine
                         restore, restore_dropout_rng, rng_state, save_checkpoint, training_state)
 from configurator import UserError, catch_signals, configure, main_guard, show
 from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
-from model import GPT, GPTConfig, autocast, pick_device, pick_dtype
+from model import GPT, GPTConfig, allow_tf32, autocast, pick_device, pick_dtype
 
 
 @dataclass
@@ -178,15 +178,8 @@ class Optimizers:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self):
+    def state_dict(self):  # loaded by checkpoint.load_optimizer
         return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state):  # each one's state; the learning-rate scales stay this run's settings
-        for o, s in zip(self.optimizers, state["optimizers"]):
-            scales = [g.get("lr_scale", 1.0) for g in o.param_groups]
-            o.load_state_dict(s)
-            for g, scale in zip(o.param_groups, scales):
-                g["lr_scale"] = scale
 
 
 # --- the training loop ------------------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class Run:
     cfg: TrainConfig
     d: data.Data
     model: torch.nn.Module  # what a training step calls: compiled and/or wrapped in DDP
-    evaluated: torch.nn.Module  # what rank 0 evaluates: compiled, not DDP (whose forward may wait on other ranks)
+    log_probs: object  # what rank 0 evaluates with: raw.log_probs, compiled or not (never DDP, which may wait)
     raw: GPT  # the model itself, whose weights are saved
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op otherwise
@@ -214,8 +207,7 @@ def setup(cfg, rank, world, device, say):
     dtype = pick_dtype(cfg.dtype, device)
     say(show(cfg))
     torch.manual_seed(cfg.seed)  # the same on every rank: identical init (DDP also copies rank 0's weights)
-    if device.startswith("cuda"):
-        torch.set_float32_matmul_precision("high")  # fp32 matmuls in tf32: ~8x faster on Ampere and later
+    allow_tf32(device)
     d = data.load(cfg)
     if d.table is not None:
         say(f"ngram targets: {len(d.table[0]):,} contexts, {len(d.table[2]) / len(d.table[0]):.2f} next tokens each")
@@ -246,7 +238,8 @@ def setup(cfg, rank, world, device, say):
         say("compiling the model (about a minute)...")
     compiled = torch.compile(model) if cfg.compile else model
     wrapped = DDP(compiled, device_ids=[device] if device.startswith("cuda") else None) if world > 1 else compiled
-    return Run(cfg, d, wrapped, compiled, model, optimizer, scaler, gen, rank, world, device,
+    log_probs = torch.compile(model.log_probs) if cfg.compile else model.log_probs  # a module compiles forward only
+    return Run(cfg, d, wrapped, log_probs, model, optimizer, scaler, gen, rank, world, device,
                autocast(device, dtype)), progress
 
 
@@ -310,7 +303,7 @@ def evaluate(r, progress, lr, log, saved_at):
     states = dropout_rng(r.world, r.device)  # before rank 0 goes on alone: every rank takes part
     if r.rank:
         return saved_at
-    losses = estimate_loss(r.evaluated, r.d, r.cfg, r.device, r.ctx)
+    losses = estimate_loss(r.raw, r.d, r.cfg, r.device, r.ctx, r.log_probs)
     progress.elapsed = time.time() - r.start
     it = progress.iter_num
     print(f"iter {it}/{r.cfg.max_iters}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "

@@ -97,15 +97,37 @@ def test_train_then_sample(data_dir, tmp_path):
     assert r.returncode == 2 and "no checkpoint" in r.stderr
 
 
+SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+         "--gradient_accumulation_steps=1", "--bench_iters=2", "--repeats=1", "--device=cpu"]
+
+
 def test_bench_json():
-    r = run_script("bench.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-                   "--gradient_accumulation_steps=1", "--bench_iters=2", "--sample_tokens=40", "--repeats=1",
-                   "--device=cpu", "--json")
+    r = run_script("bench.py", *SMALL, "--vocab_size=65", "--sample_tokens=40", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["train"]["tokens_per_s"] > 0 and 0 < res["train"]["mfu"] < 1
+    assert res["train"]["tokens_per_s"] > 0 and 0 < res["train"]["mfu"] < 1 and res["train"]["peak_mem_mb"] > 0
     assert [row["new_tokens"] for row in res["sample"]] == [40, 31]
     assert all(row["same_tokens"] for row in res["sample"])
+
+
+def test_bench_takes_the_vocabulary_of_the_configs_data(data_dir, tmp_path):
+    # the model it times has the data's 65 outputs (params: 2 layers of 12,288 + 65 * 32 + ...), not a default
+    r = run_script("bench.py", *SMALL, "--what=train", f"--data_dir={data_dir}", "--dataset=shakespeare_char", "--json")
+    assert r.returncode == 0, r.stderr
+    ours = json.loads(r.stdout)["train"]["params_M"]
+    r = run_script("bench.py", *SMALL, "--what=train", "--vocab_size=50257", "--json")
+    assert json.loads(r.stdout)["train"]["params_M"] - ours == pytest.approx((50257 - 65) * 32 / 1e6)
+    r = run_script("bench.py", *SMALL, f"--data_dir={tmp_path}", "--dataset=openwebtext")
+    assert r.returncode == 2 and "--vocab_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_grid_times_every_head_eager_and_compiled():
+    r = run_script("bench.py", *SMALL, "--what=grid", "--vocab_size=65", "--sample_tokens=20", "--warmup=1")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
+        (h, c) for c in ("no", "yes") for h in ("softmax", "sigmoid", "bayes")]
+    assert "KV cache tok/s" in r.stdout
 
 
 def test_bench_heads_json_with_the_formulas():

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+import checkpoint
 import train
 from configurator import UserError
 from conftest import TINY, metrics as rows, uninterrupted_and_resumed
@@ -86,6 +87,6 @@ def test_a_resumed_run_takes_this_runs_muon_lr(data_dir, tmp_path):
     cfg = train.TrainConfig(optimizer="muon", muon_lr=0.05)
     m = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
     opt = train.make_optimizer(m, cfg, "cpu")
-    opt.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["optimizer"])
+    checkpoint.load_optimizer(opt, torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["optimizer"])
     assert opt.optimizers[1].param_groups[0]["lr_scale"] == pytest.approx(0.05 / cfg.learning_rate)
     assert len(opt.optimizers[1].state) == 8  # the saved momentum buffers, one per matrix

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, in under 10 minutes on one GPU: needs PyTorch with CUDA, transformers, tiktoken and
+# pytest (not `datasets`: the tests read the bundled Tiny Shakespeare).
+#
+#   bash gpu_check.sh [RESULTS_DIR] [bench.py settings...]      # default RESULTS_DIR: gpu_results
+#
+# 1. machine.txt  the GPU, driver, torch and CUDA versions
+# 2. tests.txt    the CUDA tests (tests/test_cuda.py): every head in bf16, compile vs eager, the KV cache in
+#                 fp32 and bf16, fp16 with the GradScaler, resume, torchrun with nccl, the padded vocabulary
+# 3. grid.txt     bench.py --what grid at GPT-2 124M's shape: 12 x 1024 tokens a step, GPT-2's 50,257
+#                 outputs, the training dtype (bf16), each head eager and compiled: ms/iter, tokens/s, MFU,
+#                 peak memory; then sampling tokens/s with and without the KV cache
+# Extra arguments go to bench.py (e.g. --device=cpu --n_layer=2 ... to try the script without a GPU).
+# A step that fails or runs out of time does not stop the next; summary.txt has each step's exit status.
+set -u
+cd "$(dirname "$0")"
+OUT=${1:-gpu_results}
+shift $(( $# > 0 ? 1 : 0 ))
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+
+step() {  # name, seconds, command...
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    echo "$name: exit $? in $(( SECONDS - start )) s" | tee -a "$OUT/summary.txt"
+}
+
+step machine 60 bash -c 'nvidia-smi; python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")"'
+step tests 200 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step grid 330 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
+    --batch_size=12 --block_size=1024 --bench_iters=10 --warmup=3 --sample_tokens=200 --repeats=3 "$@"
+cat "$OUT/grid.txt"
