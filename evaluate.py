@@ -354,7 +354,7 @@ def shift_scores(models, data, tok, x, cfg, ctx, device):
     return out, per_window
 
 
-def shift_plot(per_window, with_mi, path):
+def shift_plot(per_window, with_mi, path, title):
     """Histograms of the per-window scores, clean against each shift."""
     import matplotlib
     matplotlib.use("Agg")
@@ -368,6 +368,7 @@ def shift_plot(per_window, with_mi, path):
             ax.hist(v[k], bins=bins, alpha=0.5, label=name)
         ax.set_xlabel(label + " per window")
         ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=120)
@@ -454,7 +455,8 @@ def run(cfg, members=None):
     reliability_plot([("raw", result["bins"]), ("temperature-scaled", result["temperature_scaled"]["bins"])],
                      os.path.join(cfg.out_dir, f"reliability_{cfg.split}.png"))
     if per_window:
-        shift_plot(per_window, result["head"] in ("bayes", "ensemble"), os.path.join(cfg.out_dir, f"shift_{cfg.split}.png"))
+        shift_plot(per_window, result["head"] in ("bayes", "ensemble"),
+                   os.path.join(cfg.out_dir, f"shift_{cfg.split}.png"), f"{result['head']}: {cfg.out_dir}")
     return result
 
 
@@ -540,7 +542,7 @@ def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
     unknown = [k for k in keys if k not in names]
     if unknown:
         raise UserError(f"unknown metric {', '.join(unknown)}; known: {', '.join(names)}")
-    runs = [load_run(d) for d in dirs]
+    runs = [load_run(d) | {"dir": d} for d in dirs]  # as given here, not as evaluated (maybe elsewhere)
     groups = {}
     for r in runs:
         r["name"] = r["head"] + (f" ({r['targets']} targets)" if r.get("targets", "next") != "next" else "")
@@ -580,7 +582,7 @@ def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
     with atomic_write(f"{out}_val_loss.png") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    reliability_plot([(f"{h} ({rs[0]['out_dir']})", rs[0]["bins"]) for h, rs in groups.items()],
+    reliability_plot([(f"{h} ({rs[0]['dir']})", rs[0]["bins"]) for h, rs in groups.items()],
                      f"{out}_reliability.png")
     print(f"\nplots: {out}_val_loss.png, {out}_reliability.png", file=sys.stderr)
 
