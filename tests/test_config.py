@@ -108,3 +108,20 @@ def test_a_missing_include_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.splitlines() == [f"error: {f}: include('shakespeare_chr.py'): config file not found: "
                                      f"{tmp_path / 'shakespeare_chr.py'}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_config_loads_and_passes_the_checks():
+    import glob
+    import os
+
+    import train
+    from conftest import ROOT
+    from model import GPT
+    paths = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+    assert len(paths) >= 15
+    for path in paths:
+        cfg = configure(train.TrainConfig, [path])  # an unknown setting name, or a bad include, is an error here
+        train.check(cfg)
+        if os.path.basename(path) == "shakespeare_char_seed_llama.py":  # the seed documents' ~1.1M parameters
+            assert GPT(train.model_config(cfg, 65)).num_params() == 4 * (65_536 + 196_608 + 256) + 8_320 + 128
+            assert cfg.max_iters * cfg.batch_size == 1_003_840  # every window start of 90% of the text, once
