@@ -62,7 +62,7 @@ from train import TrainConfig, make_optimizer, model_config
 
 @dataclass
 class BenchConfig(TrainConfig):  # every train setting (so train configs work here), plus:
-    what: str = "all"  # 'train', 'sample', 'all' (both), 'grid' (every head, eager and compiled), 'heads' or 'tokenizer'
+    what: str = "all"  # 'train', 'sample', 'all' (both), 'grid' (each head eager and compiled), 'heads', 'tokenizer'
     vocab_size: int = 0  # random tokens of this vocabulary; 0: the config's data's (data/<dataset>/meta.json)
     bench_iters: int = 10  # timed training steps
     warmup: int = 2  # untimed steps first (allocator, caches, compile)
@@ -176,7 +176,8 @@ def _formula_loss(model, x, y):
     if model.config.head == "sigmoid":
         return heads.sigmoid_bce_reference(z, torch.arange(len(z), device=z.device), y.flatten()).mean()
     ce = heads.sampled_ce_reference(z, h, model.lm_rho, y.flatten(), torch.randn_like(z)).mean()
-    return ce + heads.gaussian_kl_reference(model.lm_head.weight[:model.config.vocab_size], model.lm_rho, model.config.bayes_prior_std) / 1e6
+    mu = model.lm_head.weight[:model.config.vocab_size]
+    return ce + heads.gaussian_kl_reference(mu, model.lm_rho, model.config.bayes_prior_std) / 1e6
 
 
 def _head_step(cfg, head):

@@ -35,8 +35,8 @@ PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's, on th
 
 
 def save_checkpoint(path, ckpt):
-    """Written atomically (its folder made if need be): a crash mid-write leaves the previous checkpoint intact, and so does a full disk or
-    a read-only folder, which end the run with a message instead."""
+    """Written atomically, its folder made if need be: a crash mid-write leaves the previous checkpoint intact,
+    and so does a full disk or a read-only folder, which end the run with a message instead."""
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with atomic_write(path) as f:

@@ -504,7 +504,8 @@ METRICS = [("nll", "NLL"), ("ppl", "ppl"), ("acc", "top-1"), ("ece", "ECE"), ("e
            ("auroc_words", "AUROC words, H"), ("auroc_mi_words", "AUROC words, MI"),
            ("auroc_unigram", "AUROC unigram, H"), ("auroc_mi_unigram", "AUROC unigram, MI"),
            ("tokens_per_s", "train tok/s"), ("peak_mem_mb", "peak MB")]
-DEFAULT_METRICS = "nll,ppl,acc,ece,ece_mass,brier,t_nll,t_ece,set_precision,set_recall,set_size,tokens_per_s,peak_mem_mb"
+DEFAULT_METRICS = ("nll,ppl,acc,ece,ece_mass,brier,t_nll,t_ece,set_precision,set_recall,set_size,tokens_per_s,"
+                   "peak_mem_mb")
 
 
 def load_run(out_dir):

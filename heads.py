@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+
 def fp32(x):
     """A region where autocast is off, so the matmuls on x's device run in the dtype given (here float32)."""
     return torch.autocast(x.device.type, enabled=False)

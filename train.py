@@ -141,8 +141,8 @@ def set_lr(optimizer, lr):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW (fused on CUDA); weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0,
-    nor the bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
+    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor the
+    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
     optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
     orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -151,7 +151,8 @@ def make_optimizer(model, cfg, device):
     decay = [p for n, p in named if p.dim() >= 2 and n != "lm_rho"]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in named if p.dim() < 2 or n == "lm_rho"], "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+    fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
     if not matrices:
         return adamw
     muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
