@@ -14,6 +14,8 @@ What is learned, from what batches (the settings are DataConfig's):
 - sigmoid_targets='ngram': for the sigmoid head, a set of right answers per position (ngram_table).
 - train_fraction, train_noise: less or noisier training text for studies of the heads (degrade); the
   validation split is never touched.
+- split_by='windows': the leaky split a generic random split of overlapping windows makes (window_split), kept
+  to show what it does to a validation loss; never for a real result.
 """
 
 import json
@@ -44,6 +46,7 @@ class DataConfig:
     ngram_k: int = 4  # sigmoid_targets='ngram': the right answers are every token that followed the same k tokens
     train_fraction: float = 1.0  # train on the first this fraction of the train split only (little-data studies)
     train_noise: float = 0.0  # replace this fraction of the training tokens by random ids (fixed seed; val stays clean)
+    split_by: str = "text"  # 'text': val is its own text (prepare_data.py's split); 'windows': leaky (window_split)
 
 
 @dataclass
@@ -58,18 +61,21 @@ class Data:
     mlm: dict | None = None  # objective='mlm': mask_tokens's ids and probabilities
     pieces: dict = field(default_factory=dict)  # batching='lines': split -> document pieces (N, 2)
     table: tuple | None = None  # sigmoid_targets='ngram': every context's next tokens (ngram_table)
+    starts: dict = field(default_factory=dict)  # split_by='windows': split -> the window starts it may draw
 
 
 def check(cfg, head):
     """Refuse data settings that cannot work, before any time is spent; head: the model's output head."""
     for key, choices in (("objective", ("clm", "mlm")), ("batching", ("packed", "lines")),
-                         ("sigmoid_targets", ("next", "ngram"))):
+                         ("sigmoid_targets", ("next", "ngram")), ("split_by", ("text", "windows"))):
         if getattr(cfg, key) not in choices:
             raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
     if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
     if not 0 < cfg.train_fraction <= 1 or not 0 <= cfg.train_noise <= 1:
         raise UserError("train_fraction must be in (0, 1] and train_noise in [0, 1]")
+    if cfg.split_by == "windows" and (cfg.batching != "packed" or cfg.train_fraction < 1 or cfg.train_noise):
+        raise UserError("split_by='windows' needs batching='packed', and no train_fraction or train_noise")
     if cfg.sigmoid_targets == "ngram" and (head != "sigmoid" or cfg.objective != "clm" or cfg.batching != "packed"
                                            or cfg.ngram_k < 1):
         raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "
@@ -96,8 +102,11 @@ def load(cfg):
             pieces[split] = line_pieces(data, meta, cfg.objective, cfg.block_size)
             if not len(pieces[split]):
                 raise UserError(f"the {split} split has no document of 2 tokens or more for batching='lines'")
+    starts = {}
+    if cfg.split_by == "windows":
+        splits, starts = window_split(splits, cfg.block_size)
     table = ngram_table(splits["train"], cfg.ngram_k, vocab) if cfg.sigmoid_targets == "ngram" else None
-    return Data(cfg, folder, meta, splits, spec, vocab, mlm, pieces, table)
+    return Data(cfg, folder, meta, splits, spec, vocab, mlm, pieces, table, starts)
 
 
 def load_splits(cfg):
@@ -157,6 +166,27 @@ def degrade(data, fraction, noise, vocab_size):
     return data
 
 
+SPLIT_SEED = 0
+WINDOW_SPLIT_MAX_TOKENS = 200_000_000  # the whole text is read into memory
+
+
+def window_split(splits, block_size):
+    """split_by='windows': train and val joined into one text, and its windows of block_size + 1 tokens (one
+    starting at every token) dealt at random between the splits, val getting its share of the text: a random
+    split of a dataset of overlapping windows. It leaks: a val window's neighbours, starting a token or two
+    before or after it and holding all but a token or two of its text, are nearly all train windows, so the
+    val loss measures memory of trained text. -> ({split: the joined text}, {split: its window starts})."""
+    n_val = len(splits["val"])
+    if len(splits["train"]) + n_val > WINDOW_SPLIT_MAX_TOKENS:
+        raise UserError(f"split_by='windows' reads the whole text into memory; it is for small texts "
+                        f"(at most {WINDOW_SPLIT_MAX_TOKENS:,} tokens)")
+    text = np.concatenate([splits["train"], splits["val"]])
+    n = len(text) - block_size  # windows [i, i + block_size]
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    k = round(n * n_val / len(text))
+    return {"train": text, "val": text}, {"train": np.sort(order[k:]), "val": np.sort(order[:k])}
+
+
 def check_ids(data, vocab_size, path, chunk=1 << 26):
     """Refuse tokens `data` (a split, or a part of one) holding an id the vocabulary lacks (a corrupt file, or
     one from another tokenizer): it would index past the embedding table, a crash on CPU and a device-side
@@ -188,6 +218,8 @@ def get_batch(d, split, ix, device, seed=0):
     of the split's pieces (batching='lines', piece_batch). For objective='mlm', x is masked with the seed and y
     holds the masked-out tokens (mask_tokens)."""
     data, pieces, T = d.splits[split], d.pieces.get(split), d.cfg.block_size
+    if split in d.starts:  # split_by='windows': ix are rows of the split's window starts
+        ix = d.starts[split][ix]
     if pieces is None:
         rows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)  # (B, T + 1): read once
         batch_ids_ok(d, split, rows, ix)
@@ -205,7 +237,9 @@ def get_batch(d, split, ix, device, seed=0):
 
 def batch_rows(d, split):
     """How many different rows a batch draws from: window starts, or pieces (batching='lines')."""
-    pieces = d.pieces.get(split)
+    pieces, starts = d.pieces.get(split), d.starts.get(split)
+    if starts is not None:
+        return len(starts)
     return len(d.splits[split]) - d.cfg.block_size if pieces is None else len(pieces)
 
 

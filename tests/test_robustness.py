@@ -49,6 +49,32 @@ def test_bad_fractions_are_refused_with_a_message(data_dir, tmp_path):
     assert r.returncode != 0 and "fewer than block_size+1" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_window_split_deals_every_window_once_and_leaks_val_text_into_train(data_dir):
+    base = dict(dataset="shakespeare_char", data_dir=data_dir, block_size=32)
+    full = data.load(train.TrainConfig(**base))
+    d = data.load(train.TrainConfig(**base, split_by="windows"))
+    text = np.concatenate([full.splits["train"], full.splits["val"]])
+    assert np.array_equal(d.splits["train"], text) and np.array_equal(d.splits["val"], text)
+    tr, va = d.starts["train"], d.starts["val"]
+    n = len(text) - 32
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(n))  # every window, in one split only
+    assert len(va) == round(n * len(full.splits["val"]) / len(text))
+    assert data.batch_rows(d, "train") == len(tr) and data.batch_rows(d, "val") == len(va)
+    # a batch's rows are the windows at the split's starts, read by hand
+    x, y, _ = data.get_batch(d, "val", [0, 5, len(va) - 1], "cpu")
+    for r, k in enumerate([0, 5, len(va) - 1]):
+        i = va[k]
+        assert x[r].tolist() == text[i:i + 32].tolist() and y[r].tolist() == text[i + 1:i + 33].tolist()
+    # the leak: nearly every token a val window predicts is also predicted in some train window
+    covered = np.zeros(len(text), bool)
+    for i in tr:  # plain Python, the slow and obvious way
+        covered[i + 1:i + 33] = True
+    targets = np.unique((va[:, None] + np.arange(1, 33)).ravel())
+    assert covered[targets].mean() > 0.999
+    with pytest.raises(data.UserError, match="split_by='windows' needs"):
+        data.check(train.TrainConfig(**base, split_by="windows", train_fraction=0.5), "softmax")
+
+
 def test_save_best_keeps_the_checkpoint_of_the_lowest_val_loss(data_dir, tmp_path):
     out = str(tmp_path / "run")
     # 2,000 characters at a high learning rate: val loss falls, then rises as the model learns them by heart
