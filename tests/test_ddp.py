@@ -9,11 +9,27 @@ import train
 from conftest import ROOT, TINY, metrics as rows, run_script
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def torchrun(*args, nproc=2):
+    """train.py under torchrun. A rare abort of one process inside gloo's C++ (seen in 2 tests of one full
+    suite run on 2 cores, never in 18 runs of those tests alone) is retried once from an empty out_dir, with
+    a warning, unless the run resumes; any other failure, and a second abort, fail the test as they are."""
+    import shutil
     import subprocess
+    import warnings
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if r.returncode and GLOO_EXIT_ABORT in r.stderr and "--init_from=resume" not in args:
+        warnings.warn(f"torchrun: gloo aborted ({GLOO_EXIT_ABORT}); retrying once. Its last output: "
+                      f"{r.stdout[-300:]!r}")
+        for a in args:
+            if a.startswith("--out_dir="):
+                shutil.rmtree(a.split("=", 1)[1], ignore_errors=True)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return r
 
 
 def common(data_dir):
