@@ -13,9 +13,10 @@ GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
 def torchrun(*args, nproc=2):
-    """train.py under torchrun. A rare abort of one process inside gloo's C++ (3 times in 2 full suite runs
-    on 2 cores, after the run had finished; never in 18 runs of these tests alone; not yet understood) is retried once, from the out_dir
-    as it was before, with a warning; any other failure, and a second abort, fail the test as they are."""
+    """train.py under torchrun. A rare abort of one process inside gloo's C++ after the run had finished (3
+    times in 2 full suite runs on 2 cores, never in 18 runs of these tests alone; not yet understood) is
+    retried once, from the out_dir as it was before, with a warning; any other failure, and a second abort,
+    fail the test as they are."""
     import shutil
     import subprocess
     import warnings
