@@ -78,6 +78,25 @@ def build_model(ckpt, where):
                         f"{str(e)[:200]})") from None
 
 
+def load_model(init_from, out_dir, device="cpu"):
+    """(model, tokenizer spec) for a script that uses a trained model: out_dir/ckpt.pt (init_from='resume'), or
+    GPT-2's weights (a hub name or a HuggingFace folder) with GPT-2's tokenizer."""
+    if init_from == "resume":
+        ckpt = load_checkpoint(f"{out_dir}/ckpt.pt", device)
+        return build_model(ckpt, out_dir), ckpt["tokenizer"]
+    if not (init_from in PRETRAINED or os.path.isdir(init_from)):
+        raise UserError(f"init_from must be 'resume', {', '.join(PRETRAINED)} or a HuggingFace GPT-2 folder, "
+                        f"not {init_from!r}")
+    try:
+        model = from_pretrained(init_from)
+    except (ImportError, OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if model.config.vocab_size != 50257:
+        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, not GPT-2's 50,257, and no "
+                        f"tokenizer comes with it; for a model trained here use its checkpoint (--out_dir)")
+    return model, {"kind": "tiktoken", "name": "gpt2", "special_tokens": []}
+
+
 def saved_config(ckpt):
     """The checkpoint's model config with every setting; one older than a switch has that switch's default."""
     return {**asdict(GPTConfig()), **ckpt["model_config"]}
@@ -285,11 +304,40 @@ def from_gpt2(name, mconf, spec):
     return model
 
 
-def export_hf(model, folder, eos_token_id=None):
+def hf_tokenizer(enc):
+    """A tiktoken.Encoding (tokenizer.py's byte-level BPEs give theirs) as a HuggingFace fast tokenizer with
+    the same ids, so that tools built on transformers (lm-evaluation-harness) read text as the model does.
+    tiktoken keeps a rank per token; HuggingFace's BPE wants the merges that build them: every split of a token
+    into two tokens, ranked by the token it makes, which is also tiktoken's rule (join the pair whose result
+    has the lowest rank). Token bytes are written in GPT-2's printable stand-ins for bytes (bytes_to_unicode)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    ranks, shown = enc._mergeable_ranks, bytes_to_unicode()
+    text = lambda b: "".join(shown[x] for x in b)  # noqa: E731
+    merges = [(text(t[:i]), text(t[i:])) for t, _ in sorted(ranks.items(), key=lambda kv: kv[1])
+              for i in range(1, len(t)) if t[:i] in ranks and t[i:] in ranks]
+    vocab = {text(t): r for t, r in ranks.items()} | dict(enc._special_tokens)
+    # ignore_merges: a chunk that is one token is that token, as in tiktoken, whatever the merges would do
+    tk = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    specials = sorted(enc._special_tokens, key=enc._special_tokens.get)
+    tk.add_special_tokens(specials)
+    eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eot, eos_token=eot)
+
+
+def export_hf(model, folder, eos_token_id=None, tok=None):
     """Write a model as a HuggingFace GPT2LMHeadModel folder (config.json + model.safetensors), which
     `transformers.GPT2LMHeadModel.from_pretrained(folder)` and everything built on it can load. Only what
     GPT-2's architecture can express: the softmax head (bias=False exports as zero biases, which is the same
-    function). The folder must not exist or be empty; it appears complete or not at all."""
+    function). tok (tokenizer.py's): a byte-level BPE is written beside it as a HuggingFace tokenizer
+    (hf_tokenizer), so `AutoTokenizer.from_pretrained(folder)` and lm-evaluation-harness work on the folder;
+    a character vocabulary has no HuggingFace form that reads any text, so it is left out. Returns whether a
+    tokenizer was written. The folder must not exist or be empty; it appears complete or not at all."""
     c = model.config
     if c.head != "softmax":
         raise ValueError(f"only the softmax head exists in GPT-2; this model's head is {c.head!r}")
@@ -301,6 +349,9 @@ def export_hf(model, folder, eos_token_id=None):
     if os.path.isdir(folder) and os.listdir(folder) or os.path.isfile(folder):
         raise ValueError(f"{folder} exists and is not empty: choose a new folder")
     from transformers import GPT2Config, GPT2LMHeadModel
+    hf_tok = hf_tokenizer(tok.to_tiktoken()) if hasattr(tok, "to_tiktoken") else None
+    if tok is not None and eos_token_id is None:
+        eos_token_id = tok.eot_token
     hc = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                     n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
                     resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
@@ -315,11 +366,15 @@ def export_hf(model, folder, eos_token_id=None):
     tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(folder)))
     try:
         hf.save_pretrained(tmp, safe_serialization=True)
+        if hf_tok is not None:
+            hf_tok.model_max_length = c.block_size  # what lm-eval and pipelines truncate to
+            hf_tok.save_pretrained(tmp)
         if os.path.isdir(folder):
             os.rmdir(folder)  # empty (checked above)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return hf_tok is not None
 
 
 def main(argv=None):
@@ -335,14 +390,19 @@ def main(argv=None):
     ckpt = load_checkpoint(path)
     model = build_model(ckpt, args.out_dir)
     try:
-        eot = from_spec(ckpt["tokenizer"]).eot_token  # generation in transformers stops there
-    except (OSError, ValueError, TypeError):
-        eot = None
+        tok, why = from_spec(ckpt["tokenizer"]), "a character vocabulary has no HuggingFace form"
+    except (OSError, ValueError, TypeError) as e:  # e.g. tiktoken's vocabulary, offline
+        tok, why = None, f"the checkpoint's tokenizer could not be loaded: {e}"
     try:
-        export_hf(model, args.folder, eos_token_id=eot)
+        with_tok = export_hf(model, args.folder, tok=tok)
     except (ImportError, ValueError, OSError) as e:
         raise UserError(f"cannot export: {e}") from None
     print(f"wrote {args.folder}: load it with transformers.GPT2LMHeadModel.from_pretrained({args.folder!r})")
+    if with_tok:
+        print(f"and its tokenizer with AutoTokenizer.from_pretrained({args.folder!r}); lm-evaluation-harness: "
+              f"lm_eval --model hf --model_args pretrained={args.folder} --tasks hellaswag")
+    else:
+        print(f"without a tokenizer ({why})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ class KVCache:
     def advance(self, T):
         self.pos, self.layer = self.pos + T, 0
 
+    def repeat(self, n):
+        """Make the one sequence cached so far n sequences, each to be continued its own way (hellaswag.py:
+        a context read once, then four endings). Copies only the positions written."""
+        for i, (k, v) in enumerate(zip(self.k, self.v)):
+            self.k[i], self.v[i] = k.new_empty(n, *k.shape[1:]), v.new_empty(n, *v.shape[1:])
+            self.k[i][:, :, :self.pos] = k[:, :, :self.pos]
+            self.v[i][:, :, :self.pos] = v[:, :, :self.pos]
+
 
 def filter_log_probs(logp, top_k=None, top_p=None):
     """Keep the top_k most likely tokens and/or the smallest set whose probability sums to at least top_p

@@ -25,14 +25,13 @@ that beats filling all of them from one pass). --greedy takes the likeliest toke
 temperature/top-k/top-p draw as above, and --num_samples gives different fillings.
 """
 
-import os
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-from checkpoint import PRETRAINED, build_model, from_pretrained, load_checkpoint
+from checkpoint import load_model
 from configurator import UserError, configure, main_guard, show
 from generate import fill as fill_masks, stream
 from model import autocast, pick_device, pick_dtype
@@ -82,31 +81,13 @@ def read_text(text):
         raise UserError(f"cannot read the prompt file: {e}")
 
 
-def load_model(cfg, device):
-    """(model, tokenizer spec): from out_dir/ckpt.pt, or GPT-2's weights with GPT-2's tokenizer."""
-    if cfg.init_from == "resume":
-        ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt", device)
-        return build_model(ckpt, cfg.out_dir), ckpt["tokenizer"]
-    if not (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
-        raise UserError(f"init_from must be 'resume', {', '.join(PRETRAINED)} or a HuggingFace GPT-2 folder, "
-                        f"not {cfg.init_from!r}")
-    try:
-        model = from_pretrained(cfg.init_from)
-    except (ImportError, OSError, ValueError) as e:
-        raise UserError(str(e)) from None
-    if model.config.vocab_size != 50257:
-        raise UserError(f"{cfg.init_from} has {model.config.vocab_size} tokens, not GPT-2's 50,257, and no "
-                        f"tokenizer comes with it; for a model trained here use its checkpoint (--out_dir)")
-    return model, {"kind": "tiktoken", "name": "gpt2", "special_tokens": []}
-
-
 def main(argv=None):
     cfg = configure(SampleConfig, argv)
     check(cfg)
     print(show(cfg), file=sys.stderr)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model, spec = load_model(cfg, device)
+    model, spec = load_model(cfg.init_from, cfg.out_dir, device)
     try:
         tok = from_spec(spec)
     except (TypeError, ValueError, OSError) as e:

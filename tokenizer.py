@@ -543,6 +543,9 @@ class TiktokenTokenizer:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
         return self.enc.decode(ids, errors="replace")
 
+    def to_tiktoken(self):
+        return self.enc
+
     def to_spec(self):
         return {"kind": "tiktoken", "name": self.name, "special_tokens": self.extra_special}
 

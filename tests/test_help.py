@@ -46,9 +46,10 @@ def source_comment(cls, name):
 def configs():
     import bench
     import evaluate
+    import hellaswag
     import sample
     import train
-    return [train.TrainConfig, sample.SampleConfig, evaluate.EvalConfig, bench.BenchConfig]
+    return [train.TrainConfig, sample.SampleConfig, evaluate.EvalConfig, hellaswag.HellaSwagConfig, bench.BenchConfig]
 
 
 def help_of(cls, argv, capsys):
@@ -59,7 +60,7 @@ def help_of(cls, argv, capsys):
 
 
 @pytest.mark.parametrize("script,flag", [("train.py", "--help"), ("sample.py", "-h"), ("evaluate.py", "-h"),
-                                         ("bench.py", "--help")])
+                                         ("hellaswag.py", "-h"), ("bench.py", "--help")])
 def test_every_configured_script_answers_help(script, flag):
     r = run_script(script, flag)
     assert r.returncode == 0, r.stderr
@@ -98,7 +99,7 @@ def test_help_lists_every_field_with_its_type_and_comment(cls, capsys):
 
 
 def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
-    train, _, evaluate, bench = configs()
+    train, _, evaluate, _, bench = configs()
     listed, heads = entries(help_of(train, ["--help"], capsys))
     assert listed["init_from"][3] == source_comment(train, "init_from")
     assert listed["always_save_checkpoint"][3] == "False: checkpoint only when val loss improves"  # not "... data"
