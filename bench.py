@@ -6,6 +6,7 @@ Throughput benchmarks: training speed, sampling speed with and without the KV ca
     python bench.py config/shakespeare_char.py --what sample --sample_tokens 1000
     python bench.py config/owt_gpt2.py --what grid --vocab_size 50257 --gradient_accumulation_steps 1  # a GPU's table
     python bench.py --what tokenizer --text_file input.txt   # BPE vs HuggingFace tokenizers and tiktoken
+    python bench.py config/owt_gpt2.py --what hellaswag --vocab_size 50257   # ms per HellaSwag example
 
 Training: median ms per optimizer step over bench_iters steps (after warmup steps that are not timed),
 tokens/s, and MFU: achieved FLOP/s (6N + attention per token, see metrics.flops_per_token) over the hardware's
@@ -22,6 +23,11 @@ cache-free path re-runs the whole context for every token), same model, prompt a
 produce the same tokens. Random weights: speed does not depend on what the model has learned.
 Two rows: `sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size,
 the longest generation that fits in the context, where the cache is never rebuilt (see generate.stream).
+
+HellaSwag (`--what hellaswag`, not part of 'all'): milliseconds per multiple-choice example, scored as
+hellaswag.py does (the context once into a KV cache, the four endings after it: hellaswag.ending_log_probs)
+against its plain reference (one padded row per ending), alternating, on random examples of hs_context tokens
+with four endings of hs_ending tokens; and the whole validation set's 10,042 examples at that rate.
 
 Tokenizer (`--what tokenizer`, not part of 'all'; needs `pip install tokenizers`, the Rust trainer it is
 compared with): training time of tokenizer.BPETokenizer against HuggingFace `tokenizers` on the same text with
@@ -62,7 +68,7 @@ from train import TrainConfig, make_optimizer, model_config
 
 @dataclass
 class BenchConfig(TrainConfig):  # every train setting (so train configs work here), plus:
-    what: str = "all"  # 'train', 'sample', 'all' (both), 'grid' (each head eager and compiled), 'heads', 'tokenizer'
+    what: str = "all"  # train, sample, all (both), grid (each head eager, compiled), heads, tokenizer, hellaswag
     vocab_size: int = 0  # random tokens of this vocabulary; 0: the config's data's (data/<dataset>/meta.json)
     bench_iters: int = 10  # timed training steps
     warmup: int = 2  # untimed steps first (allocator, caches, compile)
@@ -74,6 +80,8 @@ class BenchConfig(TrainConfig):  # every train setting (so train configs work he
     text_file: str = ""  # tokenizer: a text to time encoding on ('': the bundled Tiny Shakespeare)
     corpus_mb: int = 20  # tokenizer: size of the man-page corpus
     big_vocab: int = 32768  # tokenizer: vocabulary trained on it
+    hs_context: int = 60  # hellaswag: context tokens; 60 + 4 x 16 is about the validation set's mean size
+    hs_ending: int = 16  # hellaswag: tokens of each of the four endings (docs/hellaswag.md)
 
 
 def sync(device):
@@ -157,6 +165,29 @@ def bench_sample(cfg, device, ctx):
         row["same_tokens"] = bool(torch.equal(outs[True], outs[False]))
         rows.append(row)
     return rows
+
+
+def bench_hellaswag(cfg, device, ctx):
+    """ms per example: hellaswag.ending_log_probs against ending_log_probs_plain, alternating, on `repeats` x 5
+    random examples (ending lengths hs_ending - 1 .. hs_ending + 2, as real endings differ)."""
+    from hellaswag import ending_log_probs, ending_log_probs_plain
+    model = build(cfg, device).eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ids = lambda n: torch.randint(cfg.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
+    examples = [(ids(cfg.hs_context), [ids(cfg.hs_ending + d) for d in (-1, 0, 1, 2)]) for _ in range(cfg.repeats * 5)]
+    times = {"cached": [], "plain": []}
+    for k, (c, e) in enumerate([examples[0]] + examples):  # the first, untimed: allocator and caches
+        for name, fn in (("cached", ending_log_probs), ("plain", ending_log_probs_plain)):
+            sync(device)
+            t = time.perf_counter()
+            with ctx:
+                fn(model, c, e)
+            sync(device)
+            if k:
+                times[name].append(time.perf_counter() - t)
+    ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {"context": cfg.hs_context, "ending": cfg.hs_ending, "cached_ms": ms["cached"], "plain_ms": ms["plain"],
+            "speedup": ms["plain"] / ms["cached"], "full_set_min": ms["cached"] * 10042 / 60000}
 
 
 # ---- output heads ----
@@ -413,8 +444,10 @@ def print_tokenizer(r):
 
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
-    if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads"):
-        raise UserError(f"what={cfg.what!r}: choose train, sample, all, grid, tokenizer or heads")
+    if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads", "hellaswag"):
+        raise UserError(f"what={cfg.what!r}: choose train, sample, all, grid, tokenizer, heads or hellaswag")
+    if cfg.what == "hellaswag" and (cfg.hs_context < 1 or cfg.hs_ending < 2 or cfg.repeats < 1):
+        raise UserError("hs_context and repeats must be at least 1, hs_ending at least 2")
     if cfg.what != "tokenizer":
         cfg.vocab_size = vocab_of(cfg)
     if cfg.objective == "mlm" and cfg.what in ("sample", "all"):
@@ -449,6 +482,8 @@ def main(argv=None):
         result["train"] = bench_train(cfg, device, dtype, ctx)
     if cfg.what in ("sample", "all"):
         result["sample"] = bench_sample(cfg, device, ctx)
+    if cfg.what == "hellaswag":
+        result["hellaswag"] = bench_hellaswag(cfg, device, ctx)
     if cfg.json:
         print(json.dumps(result))
         return
@@ -468,6 +503,12 @@ def main(argv=None):
         for r in result["sample"]:
             print(f"  {r['new_tokens']:>10}  {r['cached_tok_s']:>14.1f}  {r['uncached_tok_s']:>14.1f}  "
                   f"{r['speedup']:>6.2f}x  {r['same_tokens']}")
+    if "hellaswag" in result:
+        r = result["hellaswag"]
+        print(f"\nhellaswag ({cfg.n_layer}L {cfg.n_embd}d, vocab {cfg.vocab_size:,}; context {r['context']} tokens, "
+              f"4 endings of ~{r['ending']}; median of {cfg.repeats * 5} examples)")
+        print(f"  context cached {r['cached_ms']:.1f} ms/example, plain rows {r['plain_ms']:.1f} "
+              f"({r['speedup']:.2f}x); 10,042 examples: {r['full_set_min']:.1f} min")
 
 
 if __name__ == "__main__":

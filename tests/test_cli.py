@@ -130,6 +130,17 @@ def test_bench_grid_times_every_head_eager_and_compiled():
     assert "KV cache tok/s" in r.stdout
 
 
+def test_bench_hellaswag_times_both_ways():
+    r = run_script("bench.py", *SMALL, "--what=hellaswag", "--vocab_size=65", "--hs_context=10", "--hs_ending=4",
+                   "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["hellaswag"]
+    assert res["cached_ms"] > 0 and res["plain_ms"] > 0 and res["speedup"] == res["plain_ms"] / res["cached_ms"]
+    assert res["full_set_min"] == pytest.approx(res["cached_ms"] * 10042 / 60000)
+    r = run_script("bench.py", *SMALL, "--what=hellaswag", "--vocab_size=65", "--hs_ending=1")
+    assert r.returncode == 2 and "hs_ending" in r.stderr
+
+
 def test_bench_heads_json_with_the_formulas():
     r = run_script("bench.py", "--what=heads", "--vocab_size=300", "--n_layer=1", "--n_head=2", "--n_embd=16",
                    "--block_size=16", "--batch_size=2", "--bench_iters=1", "--warmup=1", "--repeats=1", "--formulas",

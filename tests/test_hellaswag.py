@@ -1,9 +1,12 @@
 """hellaswag.py against independent references: its own plain rows, HuggingFace transformers on the exported
 model, and lm-evaluation-harness's loglikelihood on the same folder; the data's checks, offline."""
+import glob
 import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 import urllib.error
 from dataclasses import asdict
 
@@ -170,7 +173,8 @@ def test_lm_eval_loglikelihood_equals_ours_and_transformers(bpe, exported, monke
     model, _, folder = exported
     pairs = [(ctx, " " + e) for ctx, endings, _ in read_examples(FIXTURE)[:3] for e in endings[:2]]
     # longer than the model's 64 tokens, cut from the left by both (no trailing space: lm-eval would move it)
-    pairs.append((("Then the king spoke, and all the lords of the court were silent, " * 6).rstrip(), " and so it ended."))
+    long = ("Then the king spoke, and all the lords of the court were silent, " * 6).rstrip()
+    pairs.append((long, " and so it ended."))
     lm = HFLM(pretrained=folder, device="cpu", batch_size=4)
     theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)])]
     hf = GPT2LMHeadModel.from_pretrained(folder).eval()
@@ -179,6 +183,52 @@ def test_lm_eval_loglikelihood_equals_ours_and_transformers(bpe, exported, monke
         ours = ending_log_probs(model, ctx_ids, [cont_ids]).item()
         ref = hf_ending_log_probs(hf, ctx_ids, [cont_ids], 64).item()
         assert math.isclose(ll, ours, abs_tol=1e-3) and math.isclose(ll, ref, abs_tol=1e-3), (ctx, cont, ll, ours)
+
+
+TASK = """task: hellaswag_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+process_docs: !function hellaswag_local.process_docs
+doc_to_text: "{{{{query}}}}"
+doc_to_target: "{{{{label}}}}"
+doc_to_choice: "choices"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_the_lm_eval_command_scores_the_exported_folder(bpe, exported, tmp_path):
+    """`lm_eval --model hf --model_args pretrained=FOLDER` as a user runs it, offline: lm-eval's own hellaswag
+    task pointed at a local file (docs/hellaswag.md), its acc and acc_norm against ours on lm-eval's query
+    (its text cleaning, " " + ending, acc_norm per character of the ending)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks.hellaswag.utils import preprocess
+    model, _, folder = exported
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hellaswag_local.yaml").write_text(TASK.format(data=FIXTURE))
+    (tmp_path / "tasks" / "hellaswag_local.py").write_text("from lm_eval.tasks.hellaswag.utils import process_docs\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    p = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={folder}",
+                        "--tasks", "hellaswag_local", "--include_path", str(tmp_path / "tasks"), "--device", "cpu",
+                        "--output_path", str(tmp_path / "results")], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [path] = glob.glob(str(tmp_path / "results" / "**" / "results_*.json"), recursive=True)
+    theirs = json.load(open(path))["results"]["hellaswag_local"]
+    right = right_norm = 0
+    rows = [json.loads(line) for line in open(FIXTURE)]
+    for r in rows:
+        query = preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
+        choices = [preprocess(e) for e in r["endings"]]
+        ll = ending_log_probs(model, bpe.encode(query), [bpe.encode(" " + c) for c in choices])
+        right += int(ll.argmax()) == r["label"]
+        right_norm += int((ll / torch.tensor([len(c) for c in choices])).argmax()) == r["label"]
+    assert (theirs["acc,none"], theirs["acc_norm,none"]) == (right / len(rows), right_norm / len(rows))
 
 
 # ---- the data and bad input ----
@@ -191,7 +241,8 @@ def test_examples_are_read_and_checked(tmp_path):
     good = {"ctx": "A man walks.", "endings": ["a", "b", "c", "d"], "label": "3"}  # HuggingFace's label
     assert read_examples(write(tmp_path / "ok.jsonl", [good]))[0][2] == 3
     bad = [("{not json", "not JSON"), ([1, 2], "JSON object"), ({**good, "ctx": ""}, "'ctx'"),
-           ({k: v for k, v in good.items() if k != "endings"}, "'endings'"), ({**good, "endings": ["a", 3]}, "'endings'"),
+           ({k: v for k, v in good.items() if k != "endings"}, "'endings'"),
+           ({**good, "endings": ["a", 3]}, "'endings'"),
            ({**good, "label": 4}, "'label'"), ({**good, "label": -1}, "'label'"), ({**good, "label": True}, "'label'"),
            ({**good, "label": 1.0}, "'label'")]
     for k, (row, what) in enumerate(bad):
