@@ -105,44 +105,49 @@ def fetch(path=CACHE):
 
 
 def read_examples(path, limit=None):
-    """[(context, [endings], label)] from a HellaSwag jsonl file: one JSON object per line, with a non-empty
-    string "ctx", a list of non-empty strings "endings", and "label", the index of the right ending (an integer,
-    or its digits as a string, as HuggingFace's copy has it). Anything else is refused, naming the line."""
-    examples = []
+    """[(context, [endings], label)] from a HellaSwag jsonl file (the first `limit` examples), each line checked
+    by parse_example."""
     try:
-        f = open(path, encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()][:limit]
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror or e})") from None
-    with f:
-        for n, line in enumerate(f, 1):
-            if limit is not None and len(examples) == limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}, line {n}"
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where} is not JSON ({e})") from None
-            if not isinstance(ex, dict):
-                raise UserError(f"{where}: expected a JSON object with ctx, endings and label")
-            ctx, endings, label = ex.get("ctx"), ex.get("endings"), ex.get("label")
-            if not isinstance(ctx, str) or not ctx:
-                raise UserError(f"{where}: 'ctx' must be a non-empty string, got {ctx!r:.60}")
-            if not isinstance(endings, list) or len(endings) < 2 or not all(
-                    isinstance(e, str) and e for e in endings):
-                raise UserError(f"{where}: 'endings' must be a list of at least 2 non-empty strings")
-            if isinstance(label, str) and label.isdigit():
-                label = int(label)
-            if type(label) is not int or not 0 <= label < len(endings):
-                raise UserError(f"{where}: 'label' must be an integer from 0 to {len(endings) - 1}, got {label!r}")
-            examples.append((ctx, endings, label))
-    if not examples:
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if not lines:
         raise UserError(f"{path} holds no examples")
-    return examples
+    return [parse_example(line, f"{path}, line {n}") for n, line in lines]
+
+
+def parse_example(line, where):
+    """One JSON object with a non-empty string "ctx", a list of non-empty strings "endings", and "label", the
+    index of the right ending (an integer, or its digits as a string, as HuggingFace's copy has it); anything
+    else is refused, naming `where`."""
+    try:
+        ex = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not JSON ({e})") from None
+    if not isinstance(ex, dict):
+        raise UserError(f"{where}: expected a JSON object with ctx, endings and label")
+    ctx, endings, label = ex.get("ctx"), ex.get("endings"), ex.get("label")
+    if not isinstance(ctx, str) or not ctx:
+        raise UserError(f"{where}: 'ctx' must be a non-empty string, got {ctx!r:.60}")
+    if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) and e for e in endings):
+        raise UserError(f"{where}: 'endings' must be a list of at least 2 non-empty strings")
+    if isinstance(label, str) and label.isdigit():
+        label = int(label)
+    if type(label) is not int or not 0 <= label < len(endings):
+        raise UserError(f"{where}: 'label' must be an integer from 0 to {len(endings) - 1}, got {label!r}")
+    return ctx, endings, label
 
 
 # --- scoring: the plain way, then the fast one ----------------------------------------------------------------
+
+def picked_sum(logp, y):
+    """sum_t logp[i, t, y[i, t]] over the positions where y is not -1: (n_endings,), on the CPU."""
+    picked = logp.gather(-1, y.clamp_min(0)[..., None]).squeeze(-1)  # (n_endings, T)
+    return picked.masked_fill(y == -1, 0).sum(1).cpu()
+
 
 @torch.no_grad()
 def ending_log_probs_plain(model, ctx, endings):
@@ -158,9 +163,7 @@ def ending_log_probs_plain(model, ctx, endings):
         x[i, :len(row) - 1] = torch.tensor(row[:-1])
         y[i, len(row) - 1 - len(e):len(row) - 1] = torch.tensor(e)
     dev = model.lm_head.weight.device
-    logp = model.log_probs(x.to(dev)).cpu()  # (n_endings, T, V)
-    picked = logp.gather(-1, y.clamp_min(0)[..., None]).squeeze(-1)  # (n_endings, T)
-    return picked.masked_fill(y == -1, 0).sum(1)
+    return picked_sum(model.log_probs(x.to(dev)), y.to(dev))
 
 
 @torch.no_grad()
@@ -184,9 +187,7 @@ def ending_log_probs(model, ctx, endings):
     h = h_ctx.expand(len(endings), 1, -1)
     if n > 1:  # the endings' own tokens, but the last, predict the tokens after them
         h = torch.cat([h, model.hidden(x[:, :-1].to(dev), cache)], dim=1)  # (n_endings, n, C)
-    logp = model.head_log_probs(model.logits(h), h).cpu()  # (n_endings, n, V)
-    picked = logp.gather(-1, y.clamp_min(0)[..., None]).squeeze(-1)
-    return picked.masked_fill(y == -1, 0).sum(1)
+    return picked_sum(model.head_log_probs(model.logits(h), h), y.to(dev))  # log-probs (n_endings, n, V)
 
 
 def encode(tok, ctx, endings, k, block_size):

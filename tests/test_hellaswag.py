@@ -251,6 +251,11 @@ def test_examples_are_read_and_checked(tmp_path):
             read_examples(str(path))
     with pytest.raises(UserError, match="no examples"):
         read_examples(write(tmp_path / "empty.jsonl", []))
+    (tmp_path / "latin1.jsonl").write_bytes(json.dumps(good).encode() + b"\n\xe9\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_examples(str(tmp_path / "latin1.jsonl"))
+    with pytest.raises(UserError, match="cannot read"):
+        read_examples(str(tmp_path))  # a folder
 
 
 def write(path, rows):
