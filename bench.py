@@ -442,6 +442,32 @@ def print_tokenizer(r):
     print(f"  to_tiktoken()                 {e['tiktoken_mb_s']:6.2f} MB/s")
 
 
+def print_results(cfg, result):
+    """The human-readable report of the train, sample, grid and hellaswag benchmarks."""
+    print(f"device {result['device']}, {result['dtype']}, {result['threads']} threads, torch {result['torch']}")
+    if cfg.what == "grid":
+        print()
+        print_grid(cfg, result["device"], result["dtype"], result["train"])
+    elif "train" in result:
+        r = result["train"]
+        mfu = f"{r['mfu'] * 100:.1f}% of {r['peak_tflops']:.2f} TFLOP/s" if r["mfu"] else "n/a"
+        print(f"\ntraining ({cfg.n_layer}L {cfg.n_embd}d {cfg.n_head}h, {r['params_M']:.2f}M params, "
+              f"{cfg.batch_size}x{cfg.block_size}x{cfg.gradient_accumulation_steps} tokens/iter)")
+        print(f"  {r['ms_per_iter']:9.1f} ms/iter  {r['tokens_per_s']:12,.0f} tokens/s  MFU {mfu}")
+    if "sample" in result:
+        print(f"\nsampling (batch 1, block_size {cfg.block_size}, median of {cfg.repeats})")
+        print(f"  {'new tokens':>10}  {'KV cache tok/s':>14}  {'no cache tok/s':>14}  {'speedup':>7}  same tokens")
+        for r in result["sample"]:
+            print(f"  {r['new_tokens']:>10}  {r['cached_tok_s']:>14.1f}  {r['uncached_tok_s']:>14.1f}  "
+                  f"{r['speedup']:>6.2f}x  {r['same_tokens']}")
+    if "hellaswag" in result:
+        r = result["hellaswag"]
+        print(f"\nhellaswag ({cfg.n_layer}L {cfg.n_embd}d, vocab {cfg.vocab_size:,}; context {r['context']} tokens, "
+              f"4 endings of ~{r['ending']}; median of {cfg.repeats * 5} examples)")
+        print(f"  context cached {r['cached_ms']:.1f} ms/example, plain rows {r['plain_ms']:.1f} "
+              f"({r['speedup']:.2f}x); 10,042 examples: {r['full_set_min']:.1f} min")
+
+
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
     if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads", "hellaswag"):
@@ -487,28 +513,7 @@ def main(argv=None):
     if cfg.json:
         print(json.dumps(result))
         return
-    print(f"device {result['device']}, {dtype}, {result['threads']} threads, torch {result['torch']}")
-    if cfg.what == "grid":
-        print()
-        print_grid(cfg, result["device"], dtype, result["train"])
-    elif "train" in result:
-        r = result["train"]
-        mfu = f"{r['mfu'] * 100:.1f}% of {r['peak_tflops']:.2f} TFLOP/s" if r["mfu"] else "n/a"
-        print(f"\ntraining ({cfg.n_layer}L {cfg.n_embd}d {cfg.n_head}h, {r['params_M']:.2f}M params, "
-              f"{cfg.batch_size}x{cfg.block_size}x{cfg.gradient_accumulation_steps} tokens/iter)")
-        print(f"  {r['ms_per_iter']:9.1f} ms/iter  {r['tokens_per_s']:12,.0f} tokens/s  MFU {mfu}")
-    if "sample" in result:
-        print(f"\nsampling (batch 1, block_size {cfg.block_size}, median of {cfg.repeats})")
-        print(f"  {'new tokens':>10}  {'KV cache tok/s':>14}  {'no cache tok/s':>14}  {'speedup':>7}  same tokens")
-        for r in result["sample"]:
-            print(f"  {r['new_tokens']:>10}  {r['cached_tok_s']:>14.1f}  {r['uncached_tok_s']:>14.1f}  "
-                  f"{r['speedup']:>6.2f}x  {r['same_tokens']}")
-    if "hellaswag" in result:
-        r = result["hellaswag"]
-        print(f"\nhellaswag ({cfg.n_layer}L {cfg.n_embd}d, vocab {cfg.vocab_size:,}; context {r['context']} tokens, "
-              f"4 endings of ~{r['ending']}; median of {cfg.repeats * 5} examples)")
-        print(f"  context cached {r['cached_ms']:.1f} ms/example, plain rows {r['plain_ms']:.1f} "
-              f"({r['speedup']:.2f}x); 10,042 examples: {r['full_set_min']:.1f} min")
+    print_results(cfg, result)
 
 
 if __name__ == "__main__":
