@@ -10,6 +10,8 @@
 # 3. grid.txt     bench.py --what grid at GPT-2 124M's shape: 12 x 1024 tokens a step, GPT-2's 50,257
 #                 outputs, the training dtype (bf16), each head eager and compiled: ms/iter, tokens/s, MFU,
 #                 peak memory; then sampling tokens/s with and without the KV cache
+# 4. hellaswag.txt bench.py --what hellaswag: ms per HellaSwag example with GPT-2 124M, the context cached and
+#                 the plain rows, and the 10,042 examples' time at that rate
 # Extra arguments go to bench.py (e.g. --device=cpu --n_layer=2 ... to try the script without a GPU).
 # A step that fails or runs out of time does not stop the next; summary.txt has each step's exit status.
 set -u
@@ -30,4 +32,5 @@ step machine 60 bash -c 'nvidia-smi; python -c "import torch; print(\"torch\", t
 step tests 200 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step grid 330 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
     --batch_size=12 --block_size=1024 --bench_iters=10 --warmup=3 --sample_tokens=200 --repeats=3 "$@"
-cat "$OUT/grid.txt"
+step hellaswag 120 python bench.py config/owt_gpt2.py --what=hellaswag --vocab_size=50257 --repeats=8 "$@"
+cat "$OUT/grid.txt" "$OUT/hellaswag.txt"

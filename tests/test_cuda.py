@@ -116,3 +116,17 @@ def test_sample_and_evaluate_a_gpu_checkpoint(data_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_script("evaluate.py", f"--out_dir={out}", "--device=cuda", "--max_tokens=4096")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_hellaswag_scoring_on_the_gpu():
+    """The context-cached scoring on CUDA (a padded vocabulary) equals the CPU's in float32, and stays close
+    under bf16 autocast."""
+    from hellaswag import ending_log_probs, ending_log_probs_plain
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=64, vocab_size=100, vocab_multiple=64, n_layer=2, n_head=2, n_embd=64)).eval()
+    ctx, ends = torch.randint(100, (20,)).tolist(), [torch.randint(100, (n,)).tolist() for n in (3, 7, 1, 5)]
+    ref = ending_log_probs_plain(m, ctx, ends)
+    m.cuda()
+    assert torch.allclose(ending_log_probs(m, ctx, ends), ref, atol=1e-3)
+    with autocast("cuda", "bfloat16"):
+        assert torch.allclose(ending_log_probs(m, ctx, ends), ref, atol=0.05 * len(ends[1]))
