@@ -74,8 +74,11 @@ def check(cfg, head):
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
     if not 0 < cfg.train_fraction <= 1 or not 0 <= cfg.train_noise <= 1:
         raise UserError("train_fraction must be in (0, 1] and train_noise in [0, 1]")
-    if cfg.split_by == "windows" and (cfg.batching != "packed" or cfg.train_fraction < 1 or cfg.train_noise):
-        raise UserError("split_by='windows' needs batching='packed', and no train_fraction or train_noise")
+    if cfg.split_by == "windows" and (cfg.batching != "packed" or cfg.train_fraction < 1 or cfg.train_noise
+                                      or cfg.sigmoid_targets != "next"):
+        # ngram: the sets would be counted on the joined text, validation included, at the wrong positions
+        raise UserError("split_by='windows' needs batching='packed' and sigmoid_targets='next', and no "
+                        "train_fraction or train_noise")
     if cfg.sigmoid_targets == "ngram" and (head != "sigmoid" or cfg.objective != "clm" or cfg.batching != "packed"
                                            or cfg.ngram_k < 1):
         raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "

@@ -51,6 +51,7 @@ import os
 import random
 import statistics
 import sys
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -588,12 +589,44 @@ def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
     print(f"\nplots: {out}_val_loss.png, {out}_reliability.png", file=sys.stderr)
 
 
+def split_args(args, keys, flags=()):
+    """(positional arguments, options) of args, an option being `--key=value`, or `--key value` for a key in
+    keys (a key in flags, a boolean, takes the next word only if it is True or False; alone it means True):
+    ["a", "--out", "x", "b", "--shift"] -> (["a", "b"], ["--out", "x", "--shift"])."""
+    pos, opts, i = [], [], 0
+    while i < len(args):
+        a, i = args[i], i + 1
+        if not a.startswith("-"):
+            pos.append(a)
+            continue
+        opts.append(a)
+        key = a[2:]
+        if a.startswith("--") and "=" not in a and key in keys and i < len(args) and (
+                key not in flags or args[i] in ("True", "False")):
+            opts.append(args[i])
+            i += 1
+    return pos, opts
+
+
+def take(opts, key, default):
+    """The value of --key in opts (`--key=value` or `--key value`), and opts without it."""
+    value, rest, i = default, [], 0
+    while i < len(opts):
+        if opts[i] == f"--{key}" and i + 1 < len(opts):
+            value, i = opts[i + 1], i + 2
+        elif opts[i].startswith(f"--{key}="):
+            value, i = opts[i].split("=", 1)[1], i + 1
+        else:
+            rest, i = rest + [opts[i]], i + 1
+    return value, rest
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--ensemble"]:
-        members = [a for a in argv[1:] if not a.startswith("-")]
-        settings = [a for a in argv[1:] if a.startswith("-") and not a.startswith("--out=")]
-        outs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--out=")]
+        fields = typing.get_type_hints(EvalConfig)
+        members, opts = split_args(argv[1:], {"out", *fields}, {k for k, t in fields.items() if t is bool})
+        out, settings = take(opts, "out", "ensemble")
         if {"-h", "--help"} & set(argv):
             print("usage: python evaluate.py --ensemble OUT_DIR OUT_DIR [...] [--out=DIR] [settings as below]\n\n"
                   "Scores the mean of the runs' predictive probabilities like one model, into DIR/eval_val.json "
@@ -602,7 +635,7 @@ def main(argv=None):
             return
         if len(members) < 2:
             raise UserError("--ensemble needs the out_dirs of at least 2 runs")
-        cfg = configure(EvalConfig, settings + [f"--out_dir={(outs or ['ensemble'])[0]}"])
+        cfg = configure(EvalConfig, settings + [f"--out_dir={out}"])
         report(run(cfg, members))
         return
     if argv[:1] == ["--compare"]:
@@ -613,11 +646,12 @@ def main(argv=None):
                   "PREFIX_reliability.png (default PREFIX: compare).\n\n"
                   f"metrics (default {DEFAULT_METRICS}):\n  " + ", ".join(f"{k} ({n})" for k, n in METRICS))
             return
-        dirs = [a for a in argv[1:] if not a.startswith("-")]
-        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-        if not dirs or set(opts) - {"out", "metrics"}:
+        dirs, opts = split_args(argv[1:], {"out", "metrics"})
+        out, opts = take(opts, "out", "compare")
+        metrics, opts = take(opts, "metrics", DEFAULT_METRICS)
+        if not dirs or opts:
             raise UserError("usage: python evaluate.py --compare OUT_DIR [OUT_DIR ...] [--out=PREFIX] [--metrics=...]")
-        compare(dirs, **opts)
+        compare(dirs, out, metrics)
         return
     cfg = configure(EvalConfig, argv)
     report(run(cfg))

@@ -97,3 +97,16 @@ def test_compare_table_and_errors(data_dir, tmp_path):
     assert os.path.exists(tmp_path / "cmp_val_loss.png") and os.path.exists(tmp_path / "cmp_reliability.png")
     r = run_script("evaluate.py", f"--out_dir={tmp_path / 'nothing'}")
     assert r.returncode != 0 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_ensemble_and_compare_arguments_take_both_forms():
+    keys = {"out", "max_tokens", "shift"}
+    assert evaluate.split_args(["a", "--out", "x", "b", "--max_tokens", "64", "--shift", "c"], keys, {"shift"}) == \
+        (["a", "b", "c"], ["--out", "x", "--max_tokens", "64", "--shift"])
+    assert evaluate.split_args(["--shift", "False", "a", "--out=x", "b"], keys, {"shift"}) == \
+        (["a", "b"], ["--shift", "False", "--out=x"])
+    assert evaluate.take(["--max_tokens", "64", "--out", "x"], "out", "d") == ("x", ["--max_tokens", "64"])
+    assert evaluate.take(["--out=x", "--out_dir=y"], "out", "d") == ("x", ["--out_dir=y"])
+    assert evaluate.take(["--out_dir=y"], "out", "d") == ("d", ["--out_dir=y"])
+    r = run_script("evaluate.py", "--compare", "a", "--bogus", "1")
+    assert r.returncode == 2 and "usage" in r.stderr and "Traceback" not in r.stderr

@@ -73,6 +73,9 @@ def test_window_split_deals_every_window_once_and_leaks_val_text_into_train(data
     assert covered[targets].mean() > 0.999
     with pytest.raises(data.UserError, match="split_by='windows' needs"):
         data.check(train.TrainConfig(**base, split_by="windows", train_fraction=0.5), "softmax")
+    # ngram sets with this split were built from the joined text at the rows' indices, not their positions
+    with pytest.raises(data.UserError, match="split_by='windows' needs .*sigmoid_targets='next'"):
+        data.check(train.TrainConfig(**base, split_by="windows", sigmoid_targets="ngram"), "sigmoid")
 
 
 def test_save_best_keeps_the_checkpoint_of_the_lowest_val_loss(data_dir, tmp_path):
@@ -139,6 +142,15 @@ def test_ensemble_from_the_command_line_and_in_compare(data_dir, tmp_path):
     r = run_script("evaluate.py", "--compare", *dirs, ens, f"--out={tmp_path / 'cmp'}", "--metrics=nll,mi,auroc_words")
     assert r.returncode == 0, r.stderr
     assert "| ensemble of 2 softmax | 1 |" in r.stdout and "AUROC words, H" in r.stdout
+    # `--key value`, as every other command takes it: the same result
+    r = run_script("evaluate.py", "--ensemble", dirs[0], "--out", ens + "2", "--max_tokens", "2048", dirs[1],
+                   "--device", "cpu", "--shift")
+    assert r.returncode == 0, r.stderr
+    again = json.load(open(os.path.join(ens + "2", "eval_val.json")))
+    assert [m["out_dir"] for m in again["members"]] == dirs and again["nll"] == result["nll"]
+    r = run_script("evaluate.py", "--compare", *dirs, "--out", str(tmp_path / "cmp2"), "--metrics", "nll,mi", ens)
+    assert r.returncode == 0, r.stderr
+    assert "| ensemble of 2 softmax | 1 |" in r.stdout and os.path.isfile(tmp_path / "cmp2_val_loss.png")
     r = run_script("evaluate.py", "--ensemble", dirs[0], f"--out={ens}")
     assert r.returncode != 0 and "at least 2" in r.stderr and "Traceback" not in r.stderr
     r = run_script("evaluate.py", "--compare", *dirs, "--metrics=nll,bogus")
