@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, configure, main_guard
+from data import read_meta
 import heads
 from generate import generate
 from metrics import flops_per_token, peak_flops, peak_memory_mb
@@ -101,13 +102,11 @@ def vocab_of(cfg):
     not a character vocabulary (the output layer is a quarter of GPT-2's step)."""
     if cfg.vocab_size:
         return cfg.vocab_size
-    path = os.path.join(cfg.data_dir, cfg.dataset, "meta.json")
-    try:
-        with open(path) as f:
-            return json.load(f)["vocab_size"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"no vocabulary to benchmark: cannot read {path} ({type(e).__name__}); prepare the data "
-                        f"or pass --vocab_size (50257 for GPT-2's tokens)") from None
+    folder = os.path.join(cfg.data_dir, cfg.dataset)
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise UserError(f"no vocabulary to benchmark: no {folder}/meta.json; prepare the data or pass --vocab_size "
+                        f"(50257 for GPT-2's tokens)")
+    return read_meta(folder)["vocab_size"]
 
 
 def bench_train(cfg, device, dtype, ctx):

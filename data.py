@@ -112,6 +112,43 @@ def load(cfg):
     return Data(cfg, folder, meta, splits, spec, vocab, mlm, pieces, table, starts)
 
 
+def read_meta(folder):
+    """folder/meta.json, every field a reader uses checked for presence, type and range (one message naming
+    it): vocab_size, dtype, train_tokens/val_tokens, the optional largest ids, the tokenizer spec (a dict with a
+    kind; tokenizer.from_spec checks the rest)."""
+    path = os.path.join(folder, "meta.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise UserError(f"cannot read {path} ({e}); rerun prepare_data.py") from None
+    def is_int(v):
+        return type(v) is int  # bool is an int to isinstance
+
+    def is_spec(v):
+        specials = v.get("special_tokens", []) if isinstance(v, dict) else None
+        return isinstance(v.get("kind"), str) and isinstance(specials, list) and all(
+            isinstance(t, str) for t in specials) if isinstance(v, dict) else False
+
+    checks = [("vocab_size", lambda v: is_int(v) and 1 <= v <= 2 ** 32, "a positive integer"),
+              ("dtype", lambda v: v in ("uint16", "uint32"), "'uint16' or 'uint32'"),
+              ("train_tokens", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+              ("val_tokens", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+              ("tokenizer", is_spec, "a tokenizer spec (a kind, and special_tokens a list of strings)")]
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is not a JSON object; rerun prepare_data.py")
+    for key, ok, what in checks:
+        if key not in meta or not ok(meta[key]):
+            raise UserError(f"{path}: {key!r} must be {what}, got {meta.get(key, 'nothing')!r:.60}; rerun "
+                            f"prepare_data.py")
+    for key in ("train_max_id", "val_max_id"):  # absent in data prepared before they were recorded
+        if meta.get(key) is not None and not (is_int(meta[key]) and meta[key] >= 0):
+            raise UserError(f"{path}: {key!r} must be an integer >= 0, got {meta[key]!r:.60}; rerun prepare_data.py")
+    if meta["dtype"] == "uint16" and meta["vocab_size"] > 2 ** 16:
+        raise UserError(f"{path}: vocab_size {meta['vocab_size']} does not fit dtype uint16; rerun prepare_data.py")
+    return meta
+
+
 def load_splits(cfg):
     """(meta, {split: memmap}, folder) for data_dir/dataset, each split checked against meta.json."""
     folder = os.path.join(cfg.data_dir, cfg.dataset)
@@ -121,11 +158,10 @@ def load_splits(cfg):
         cmd = (f"python prepare_data.py {cfg.dataset}" if cfg.dataset in known
                else f"python prepare_data.py text --input YOUR_TEXT --name {cfg.dataset}")
         raise UserError(f"no prepared data in {folder}/; run `{cmd}` first")
+    meta = read_meta(folder)
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
         splits = {split: open_split(folder, meta, split) for split in ("train", "val")}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"cannot read the data in {folder}/ ({type(e).__name__}: {e}); rerun prepare_data.py")
     for split, data in splits.items():
         if len(data) <= cfg.block_size:

@@ -61,7 +61,7 @@ from tqdm import tqdm
 from checkpoint import build_model, load_checkpoint
 from configurator import UserError, atomic_write, configure, main_guard
 from data import (MLM_TOKENS, DataConfig, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split,
-                  piece_batch, target_sets)
+                  piece_batch, read_meta, target_sets)
 from model import autocast, pick_device, pick_dtype
 from tokenizer import from_spec
 
@@ -414,12 +414,13 @@ def run(cfg, members=None):
             raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
     tc = DataConfig(**{k: v for k, v in tcfg.items() if k in DataConfig.__dataclass_fields__})
     folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise UserError(f"no data in {folder}/ (no meta.json); pass --data_dir")
+    meta = read_meta(folder)
     try:
-        with open(os.path.join(folder, "meta.json")) as f:
-            meta = json.load(f)
         data = open_split(folder, meta, cfg.split)  # its size and recorded largest id checked against meta.json
         check_ids(data, meta["vocab_size"], os.path.join(folder, f"{cfg.split}.bin"))  # what is scored, read anyway
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"cannot read the {cfg.split} split in {folder}/ ({e}); pass --data_dir") from None
     mlm = mlm_setup(meta, tc)[1] if tc.objective == "mlm" else None
     vocab = meta["vocab_size"] + (len(MLM_TOKENS) if mlm else 0)  # mlm: <mask> and <pad> come on top

@@ -475,7 +475,7 @@ def _from_fields(d, with_text=False):
         raise ValueError(f"pattern {pattern!r:.60} is not a valid regex ({e})") from None
     if not isinstance(merges, list):
         raise ValueError("merges must be a list of [left_id, right_id] pairs")
-    if not isinstance(specials, list):
+    if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
         raise ValueError("special_tokens must be a list of strings")
     seen, pairs = {}, []
     for k, m in enumerate(merges):
@@ -555,9 +555,17 @@ def from_spec(spec):
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ValueError(f"not a tokenizer spec: {spec!r:.100}")
     kind, specials = spec["kind"], spec.get("special_tokens", [])
+    if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials) or len(
+            set(specials)) != len(specials):
+        raise ValueError(f"the tokenizer's special_tokens must be a list of distinct non-empty strings, got "
+                         f"{specials!r:.80}")
     if kind == "char":
+        if not isinstance(spec.get("chars"), str):
+            raise ValueError("a char tokenizer's spec needs 'chars', a string of its characters")
         return CharTokenizer(spec["chars"], specials)
     if kind == "tiktoken":
+        if not isinstance(spec.get("name"), str):
+            raise ValueError(f"a tiktoken tokenizer's spec needs 'name', one of {', '.join(TIKTOKEN_NAMES)}")
         return TiktokenTokenizer(spec["name"], specials)
     if kind == "bpe":
         return _from_fields(spec)
