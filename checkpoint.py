@@ -64,7 +64,34 @@ def load_checkpoint(path, device="cpu"):
                         f"({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (no model/model_config/tokenizer)")
+    check_fields(ckpt, path)
     return ckpt
+
+
+def check_fields(ckpt, path):
+    """Refuse, in one line naming the field, a checkpoint whose common fields are of the wrong type (hand-edited,
+    or not written by this code): the weights, the model's settings (each of its GPTConfig type), the tokenizer
+    spec, the training settings (plain values), the iteration."""
+    def refuse(field, want, got):
+        raise UserError(f"{path}: {field} must be {want}, got {got!r:.60}")
+
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in ckpt["model"].items()):
+        refuse("model", "a dict of tensors (a state_dict)", type(ckpt["model"]).__name__)
+    if not isinstance(ckpt["model_config"], dict):
+        refuse("model_config", "a dict", type(ckpt["model_config"]).__name__)
+    defaults = asdict(GPTConfig())
+    for k, v in ckpt["model_config"].items():
+        want = type(defaults.get(k))
+        if k not in defaults or not (type(v) is want or want is float and type(v) is int):
+            refuse(f"model_config[{k!r}]", f"a {want.__name__}" if k in defaults else "a known setting", v)
+    if not isinstance(ckpt["tokenizer"], dict):
+        refuse("tokenizer", "a dict (a tokenizer spec)", type(ckpt["tokenizer"]).__name__)
+    config = ckpt.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(v, (str, int, float, type(None))) for v in config.values()):
+        refuse("config", "a dict of plain values (the training settings)", config)
+    if "iter_num" in ckpt and (type(ckpt["iter_num"]) is not int or ckpt["iter_num"] < 0):
+        refuse("iter_num", "an integer >= 0", ckpt["iter_num"])
 
 
 def build_model(ckpt, where):
@@ -73,7 +100,7 @@ def build_model(ckpt, where):
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         return model
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"the checkpoint in {where} does not fit this code ({type(e).__name__}: "
                         f"{str(e)[:200]})") from None
 
@@ -116,8 +143,12 @@ def fine_tune_from(model, src, spec):
     if src["tokenizer"] != spec:
         raise UserError("cannot fine-tune from that checkpoint: its tokenizer is not this data's tokenizer")
     own = model.state_dict()
-    weights = fit_vocab({k: v for k, v in src["model"].items() if k in own}, own, model.config.vocab_size)
-    missing, _ = model.load_state_dict(weights, strict=False)
+    try:
+        weights = fit_vocab({k: v for k, v in src["model"].items() if k in own}, own, model.config.vocab_size)
+        missing, _ = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape than its settings say
+        raise UserError(f"cannot fine-tune from that checkpoint: its weights do not fit its settings "
+                        f"({str(e).strip().splitlines()[-1][:160]})") from None
     dropped = sorted(set(src["model"]) - set(own))
     print(f"fine-tuning from a {src['model_config'].get('head', 'softmax')} checkpoint"
           + (f"; fresh: {', '.join(missing)}" if missing else "")
@@ -168,10 +199,41 @@ def training_state(model, optimizer, scaler, progress, rng):
             "best_val_loss": progress.best_val_loss, "elapsed": progress.elapsed, "rng": rng, "version": 1}
 
 
+RESUME_FIELDS = {"model": dict, "optimizer": dict, "scaler": dict, "model_config": dict, "iter_num": int,
+                 "best_val_loss": (int, float), "elapsed": (int, float), "rng": dict}
+
+
+def check_resume_fields(ckpt, path):
+    """Refuse, in one line naming the field, a checkpoint whose training state is missing or of the wrong type
+    (hand-edited, truncated, or not written by train.py): each field restore() reads, beyond check_fields'."""
+    def refuse(field, want, got):
+        raise UserError(f"{path} cannot be resumed: {field} must be {want}, got {got!r:.60}")
+
+    def is_state(t):
+        return isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+
+    for key, kind in RESUME_FIELDS.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            refuse(key, f"a {' or '.join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))}",
+                   type(ckpt.get(key)).__name__)
+    if ckpt["elapsed"] < 0:
+        refuse("elapsed", ">= 0", ckpt["elapsed"])
+    if not is_state(ckpt["rng"].get("batch")):
+        refuse("rng['batch']", "a ByteTensor (the batch generator's state)", type(ckpt["rng"].get("batch")).__name__)
+    for key in ("torch", "cuda"):
+        states = ckpt["rng"].get(key, ())
+        states = states if isinstance(states, (list, tuple)) else [states]  # before DDP: one state
+        n = torch.get_rng_state().numel() if key == "torch" else None  # a CPU generator's state has one size
+        if not states or not all(is_state(t) and t.numel() == (n or t.numel()) or key == "cuda" and t is None
+                                 for t in states):
+            refuse(f"rng[{key!r}]", "a list of ByteTensors (one RNG state per process)", states)
+
+
 def check_resumable(ckpt, mconf, optimizer, out_dir):
     """Refuse to resume a checkpoint whose model differs from the config's in any setting, or whose optimizer
     state is another optimizer's; returns mconf with the checkpoint's vocab_multiple (its matrices' shape, which
     the device chose: a run started on a CPU keeps its unpadded vocabulary on a GPU)."""
+    check_resume_fields(ckpt, f"{out_dir}/ckpt.pt")
     mconf = replace(mconf, vocab_multiple=saved_config(ckpt)["vocab_multiple"])
     for k, v in saved_config(ckpt).items():
         if getattr(mconf, k) != v:
@@ -185,14 +247,22 @@ def check_resumable(ckpt, mconf, optimizer, out_dir):
     return mconf
 
 
-def restore(ckpt, model, optimizer, scaler, gen):
-    """Load the training state into the model, optimizer, GradScaler and batch generator; return its Progress."""
-    model.load_state_dict(ckpt["model"])
-    load_optimizer(optimizer, ckpt["optimizer"])
+def restore(ckpt, model, optimizer, scaler, gen, path="ckpt.pt"):
+    """Load the training state into the model, optimizer, GradScaler and batch generator; return its Progress.
+    A part that does not fit (a tensor of another shape, a state of another optimizer) is refused by name."""
+    def load(field, fn):
+        try:
+            fn()
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UserError(f"{path} cannot be resumed: its {field} does not fit this run ({type(e).__name__}: "
+                            f"{first})") from None
+    load("model", lambda: model.load_state_dict(ckpt["model"]))
+    load("optimizer", lambda: load_optimizer(optimizer, ckpt["optimizer"]))
     if ckpt["scaler"] or not scaler.is_enabled():  # a bf16 or fp32 run resumed in float16: a fresh loss scale
-        scaler.load_state_dict(ckpt["scaler"])
-    gen.set_state(ckpt["rng"]["batch"].cpu())  # RNG states are CPU tensors, whatever map_location did
-    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])
+        load("scaler", lambda: scaler.load_state_dict(ckpt["scaler"]))
+    load("rng", lambda: gen.set_state(ckpt["rng"]["batch"].cpu()))  # RNG states are CPU tensors, whatever
+    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])  # map_location did
 
 
 RUN_FLAGS = ("fused", "foreach", "capturable", "lr_scale")  # how this run steps, not what was learned
@@ -209,6 +279,10 @@ def load_optimizer(optimizer, state):
     groups = [g | {k: mine[k] for k in RUN_FLAGS if k in mine} for g, mine in zip(state["param_groups"],
                                                                                  optimizer.param_groups)]
     optimizer.load_state_dict(state | {"param_groups": groups})
+    for p, st in optimizer.state.items():  # load_state_dict checks no shapes: the first step would fail
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() and v.shape != p.shape:
+                raise ValueError(f"a state {k!r} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
 
 
 def restore_dropout_rng(rng, rank, world, device):
@@ -218,9 +292,12 @@ def restore_dropout_rng(rng, rank, world, device):
     cuda_states = rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]
     if len(torch_states) != world:
         return False
-    torch.set_rng_state(torch_states[rank].cpu())
-    if device.startswith("cuda") and cuda_states[rank] is not None:
-        torch.cuda.set_rng_state(cuda_states[rank].cpu(), device)
+    try:
+        torch.set_rng_state(torch_states[rank].cpu())
+        if device.startswith("cuda") and cuda_states[rank] is not None:
+            torch.cuda.set_rng_state(cuda_states[rank].cpu(), device)
+    except (RuntimeError, IndexError) as e:  # a state of the wrong size
+        raise UserError(f"the checkpoint cannot be resumed: its dropout RNG state is not one ({e})") from None
     return True
 
 

@@ -106,7 +106,7 @@ def _allowed_types(hint):
     return (hint,)
 
 
-def _check(key, value, hint):
+def check_value(key, value, hint):
     """Return `value` converted to the field's type, or raise UserError naming the key."""
     allowed = _allowed_types(hint)
     for t in allowed:
@@ -183,7 +183,7 @@ def configure(cls, argv=None):
     def put(key, value, where):
         if key not in hints:
             raise _unknown(key, list(hints))
-        values[key] = _check(key, value, hints[key])
+        values[key] = check_value(key, value, hints[key])
         origin[key] = where
 
     i = 0

@@ -21,12 +21,13 @@ What is learned, from what batches (the settings are DataConfig's):
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from configurator import UserError
+from configurator import UserError, check_value
 from tokenizer import from_spec
 
 
@@ -62,6 +63,15 @@ class Data:
     pieces: dict = field(default_factory=dict)  # batching='lines': split -> document pieces (N, 2)
     table: tuple | None = None  # sigmoid_targets='ngram': every context's next tokens (ngram_table)
     starts: dict = field(default_factory=dict)  # split_by='windows': split -> the window starts it may draw
+
+
+def saved_config(saved, where):
+    """The DataConfig that a checkpoint's training settings (a dict) describe, each field of its type."""
+    hints = typing.get_type_hints(DataConfig)
+    try:
+        return DataConfig(**{k: check_value(k, saved[k], hints[k]) for k in hints if k in saved})
+    except UserError as e:
+        raise UserError(f"{where}: the training settings' {e}") from None
 
 
 def check(cfg, head):

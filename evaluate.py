@@ -60,8 +60,8 @@ from tqdm import tqdm
 
 from checkpoint import build_model, load_checkpoint
 from configurator import UserError, atomic_write, configure, main_guard
-from data import (MLM_TOKENS, DataConfig, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split,
-                  piece_batch, read_meta, target_sets)
+from data import (MLM_TOKENS, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split, piece_batch,
+                  read_meta, saved_config, target_sets)
 from model import autocast, pick_device, pick_dtype
 from tokenizer import from_spec
 
@@ -412,8 +412,8 @@ def run(cfg, members=None):
                                 f"{tcfg.get(key)!r}: an ensemble's members must share their data")
         if (m.config.vocab_size, m.config.block_size) != (model.config.vocab_size, model.config.block_size):
             raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
-    tc = DataConfig(**{k: v for k, v in tcfg.items() if k in DataConfig.__dataclass_fields__})
-    folder = os.path.join(cfg.data_dir or tcfg.get("data_dir", "data"), tcfg.get("dataset", ""))
+    tc = saved_config(tcfg, os.path.join(members[0] if members else cfg.out_dir, "ckpt.pt"))
+    folder = os.path.join(cfg.data_dir or tc.data_dir, tcfg.get("dataset", ""))
     if not os.path.isfile(os.path.join(folder, "meta.json")):
         raise UserError(f"no data in {folder}/ (no meta.json); pass --data_dir")
     meta = read_meta(folder)

@@ -230,7 +230,7 @@ def setup(cfg, rank, world, device, say):
         torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks (rank 0's = one process's)
     progress = Progress()
     if ckpt is not None:
-        progress = restore(ckpt, model, optimizer, scaler, gen)
+        progress = restore(ckpt, model, optimizer, scaler, gen, os.path.join(cfg.out_dir, "ckpt.pt"))
         if not restore_dropout_rng(ckpt["rng"], rank, world, device) and cfg.dropout > 0:
             say(f"note: the checkpoint was written by another number of processes than this run's {world}: "
                 f"batches continue exactly, dropout masks from fresh seeds")
