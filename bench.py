@@ -64,7 +64,7 @@ from metrics import flops_per_token, peak_flops, peak_memory_mb
 from model import GPT, allow_tf32, autocast, pick_device, pick_dtype
 from prepare_data import bundled_shakespeare
 from tokenizer import BPETokenizer
-from train import TrainConfig, make_optimizer, model_config
+from train import TrainConfig, check, make_optimizer, model_config
 
 
 @dataclass
@@ -471,8 +471,11 @@ def main(argv=None):
     cfg = configure(BenchConfig, argv)
     if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads", "hellaswag"):
         raise UserError(f"what={cfg.what!r}: choose train, sample, all, grid, tokenizer, heads or hellaswag")
-    if cfg.what == "hellaswag" and (cfg.hs_context < 1 or cfg.hs_ending < 2 or cfg.repeats < 1):
-        raise UserError("hs_context and repeats must be at least 1, hs_ending at least 2")
+    check(cfg)  # train.py's, the model and data settings
+    if min(cfg.bench_iters, cfg.repeats, cfg.sample_tokens, cfg.corpus_mb, cfg.hs_context) < 1 or cfg.hs_ending < 2 \
+            or min(cfg.warmup, cfg.threads, cfg.vocab_size) < 0 or cfg.big_vocab < 257:
+        raise UserError("bench_iters, repeats, sample_tokens, corpus_mb and hs_context must be at least 1, hs_ending "
+                        "at least 2, warmup, threads and vocab_size >= 0, and big_vocab above 256")
     if cfg.what != "tokenizer":
         cfg.vocab_size = vocab_of(cfg)
     if cfg.objective == "mlm" and cfg.what in ("sample", "all"):

@@ -393,8 +393,21 @@ def reliability_plot(named_bins, path):
     plt.close(fig)
 
 
+def check(cfg):
+    """Refuse settings that cannot work, before anything is loaded."""
+    if cfg.split not in ("train", "val"):
+        raise UserError(f"split must be train or val, got {cfg.split!r}")
+    if cfg.batch_size < 1 or cfg.max_tokens < 0 or cfg.set_k < -1 or cfg.seed < 0:
+        raise UserError("batch_size must be at least 1, max_tokens and seed >= 0, and set_k >= -1")
+    counts = cfg.bayes_sample_counts.replace(",", " ").split()
+    if not all(c.isdigit() and int(c) > 0 for c in counts):
+        raise UserError(f"bayes_sample_counts must be positive integers separated by commas, got "
+                        f"{cfg.bayes_sample_counts!r}")
+
+
 def run(cfg, members=None):
     """Evaluate out_dir's checkpoint, or with members (run folders) their ensemble, written to out_dir."""
+    check(cfg)
     device = pick_device(cfg.device)
     try:
         ctx = autocast(device, pick_dtype(cfg.dtype, device))

@@ -63,8 +63,9 @@ class HellaSwagConfig:
 
 
 def check(cfg):
-    if cfg.max_examples is not None and cfg.max_examples < 1:
-        raise UserError(f"max_examples must be at least 1 (or None for all), got {cfg.max_examples}")
+    if cfg.max_examples is not None and cfg.max_examples < 1 or cfg.seed < 0:
+        raise UserError(f"max_examples must be at least 1 (or None for all) and seed >= 0, got {cfg.max_examples} "
+                        f"and {cfg.seed}")
     try:
         pick_dtype(cfg.dtype, "cpu")
     except ValueError as e:

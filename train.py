@@ -103,10 +103,16 @@ def check(cfg):
         raise UserError(f"init_from must be 'scratch', 'resume', a ckpt.pt file, {', '.join(PRETRAINED)} or a "
                         f"HuggingFace GPT-2 folder; {cfg.init_from!r} is none of these")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
-                "log_interval", "n_layer", "n_head", "n_embd"):
+                "log_interval", "n_layer", "n_head", "n_embd", "lr_decay_iters"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or min(cfg.learning_rate, cfg.muon_lr) <= 0:
+    for key in ("weight_decay", "muon_weight_decay", "grad_clip", "min_lr", "bayes_kl_weight", "warmup_iters", "seed"):
+        if not getattr(cfg, key) >= 0:  # not: also refuses nan
+            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    for key in ("beta1", "beta2", "muon_momentum"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or not (cfg.learning_rate > 0 and cfg.muon_lr > 0):
         raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate, muon_lr > 0")
     if cfg.optimizer not in ("adamw", "muon"):
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
