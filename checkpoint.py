@@ -84,7 +84,7 @@ def check_fields(ckpt, path):
     for k, v in ckpt["model_config"].items():
         want = type(defaults.get(k))
         if k not in defaults or not (type(v) is want or want is float and type(v) is int):
-            refuse(f"model_config[{k!r}]", f"a {want.__name__}" if k in defaults else "a known setting", v)
+            refuse(f"model_config[{k!r}]", f"of type {want.__name__}" if k in defaults else "a known setting", v)
     if not isinstance(ckpt["tokenizer"], dict):
         refuse("tokenizer", "a dict (a tokenizer spec)", type(ckpt["tokenizer"]).__name__)
     config = ckpt.get("config", {})

@@ -63,8 +63,10 @@ def check(cfg):
         raise UserError(f"top_k must be at least 1, got {cfg.top_k}")
     if cfg.temperature < 0:
         raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
-    if cfg.max_new_tokens < 0 or cfg.num_samples < 1 or cfg.seed < 0:
-        raise UserError("max_new_tokens and seed must be >= 0, and num_samples >= 1")
+    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
+        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+    if cfg.seed < 0:
+        raise UserError(f"seed must be >= 0, got {cfg.seed}")
     try:
         pick_dtype(cfg.dtype, "cpu")
     except ValueError as e:

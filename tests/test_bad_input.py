@@ -5,6 +5,7 @@ missing data folder, a .bin that does not match meta.json, truncated/foreign/cod
 in-process and another n_layer on resume (test_train.py), accumulation steps that do not divide between
 processes (test_ddp.py), corrupt and incomplete BPE files (test_bpe.py)."""
 import hashlib
+import json
 import os
 import shutil
 import urllib.request
@@ -83,7 +84,21 @@ def cases():
         # checkpoints
         ("truncated checkpoint", ["sample.py", "--out_dir=OUT"], "is not a readable checkpoint: truncated", "TRUNCATE"),
         ("code-running pickle", ["sample.py", "--out_dir=OUT"], "could run code; refused", "EVIL"),
+        ("beta1 out of range", ["train.py", *TINY, "--data_dir=DATA", "--out_dir=OUT", "--beta1=3.5"],
+         "beta1 must be in [0, 1), got 3.5", None),
+        ("an optimizer state of another shape", ["train.py", *TINY, "--data_dir=DATA", "--out_dir=OUT",
+                                                 "--init_from=resume", "--max_iters=4"],
+         "ckpt.pt cannot be resumed: its optimizer does not fit this run (ValueError: a state 'exp_avg' of shape",
+         "OPTSHAPE"),
+        ("no RNG states", ["train.py", *TINY, "--data_dir=DATA", "--out_dir=OUT", "--init_from=resume",
+                           "--max_iters=4"], "ckpt.pt cannot be resumed: rng must be a dict, got 'NoneType'", "NORNG"),
+        ("a model setting of the wrong type", ["sample.py", "--out_dir=OUT"],
+         "ckpt.pt: model_config['n_layer'] must be of type int, got '2'", "NLAYERSTR"),
+        ("meta.json's dtype not a string", ["train.py", *TINY, "--data_dir=DATA", "--out_dir=OUT"],
+         "meta.json: 'dtype' must be 'uint16' or 'uint32', got 2", "METADTYPE"),
         # tokenizers
+        ("special tokens that are not strings", ["tokenizer.py", "encode", "--tokenizer", "BADTOK", "hello"],
+         "special_tokens must be a list of strings", "BADTOK"),
         ("special token in text", ["tokenizer.py", "encode", "--tokenizer", "BPE", "end<|endoftext|>"],
          "contains the special token '<|endoftext|>' at position 3: add --allow_special", None),
     ]
@@ -97,6 +112,22 @@ def test_the_command_line_refuses_with_one_line(work, name, args, message, setup
     elif setup == "EVIL":
         torch.save({"model": _Payload(str(work / "pwned")), "model_config": {}, "tokenizer": {}},
                    work / "out" / "ckpt.pt")
+    elif setup in ("OPTSHAPE", "NORNG", "NLAYERSTR"):
+        ckpt = torch.load(work / "out" / "ckpt.pt", weights_only=True)
+        if setup == "OPTSHAPE":
+            state = next(iter(ckpt["optimizer"]["state"].values()))
+            state["exp_avg"] = torch.zeros(3, 3)
+        elif setup == "NORNG":
+            del ckpt["rng"]
+        else:
+            ckpt["model_config"]["n_layer"] = "2"
+        torch.save(ckpt, work / "out" / "ckpt.pt")
+    elif setup == "METADTYPE":
+        path = work / "data" / "shakespeare_char" / "meta.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"dtype": 2}))
+    elif setup == "BADTOK":
+        (work / "bad_tok.json").write_text(json.dumps({"format": "nanogpt-bpe", "version": 1, "pattern": "gpt2",
+                                                       "special_tokens": [["<x>"]], "merges": []}))
     elif setup and setup.startswith("IDS:"):
         split, _, every = setup[4:].partition(":")
         corrupt_ids(work, split, every=int(every) if every else None)
@@ -106,7 +137,7 @@ def test_the_command_line_refuses_with_one_line(work, name, args, message, setup
         from tokenizer import BPETokenizer
         BPETokenizer.train(["hello world " * 20], 270).save(work / "tok.json")
     subs = {"OUT": str(work / "out"), "DATA": str(work / "data"), "BADCFG": str(work / "bad_config.py"),
-            "BPE": str(work / "tok.json")}
+            "BPE": str(work / "tok.json"), "BADTOK": str(work / "bad_tok.json")}
     args = [subs.get(a, a).replace("=OUT", f"={work / 'out'}").replace("=DATA", f"={work / 'data'}") for a in args]
     before = snapshot(work)
     assert_refused(run_script(*args), message)
