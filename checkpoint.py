@@ -261,8 +261,9 @@ def restore(ckpt, model, optimizer, scaler, gen, path="ckpt.pt"):
     load("optimizer", lambda: load_optimizer(optimizer, ckpt["optimizer"]))
     if ckpt["scaler"] or not scaler.is_enabled():  # a bf16 or fp32 run resumed in float16: a fresh loss scale
         load("scaler", lambda: scaler.load_state_dict(ckpt["scaler"]))
-    load("rng", lambda: gen.set_state(ckpt["rng"]["batch"].cpu()))  # RNG states are CPU tensors, whatever
-    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])  # map_location did
+    # RNG states are CPU tensors, whatever map_location did
+    load("rng", lambda: gen.set_state(ckpt["rng"]["batch"].cpu()))
+    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"])
 
 
 RUN_FLAGS = ("fused", "foreach", "capturable", "lr_scale")  # how this run steps, not what was learned
@@ -297,7 +298,8 @@ def restore_dropout_rng(rng, rank, world, device):
         if device.startswith("cuda") and cuda_states[rank] is not None:
             torch.cuda.set_rng_state(cuda_states[rank].cpu(), device)
     except (RuntimeError, IndexError) as e:  # a state of the wrong size
-        raise UserError(f"the checkpoint cannot be resumed: its dropout RNG state is not one ({e})") from None
+        raise UserError(f"the checkpoint cannot be resumed: a dropout RNG state in it is not a generator's "
+                        f"state ({e})") from None
     return True
 
 
