@@ -405,6 +405,20 @@ def check(cfg):
                         f"{cfg.bayes_sample_counts!r}")
 
 
+def read_split(folder, split):
+    """(meta, the split's tokens) of the data in folder: meta.json checked (data.read_meta), the split's size and
+    recorded largest id against it, then every id of what is scored."""
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise UserError(f"no data in {folder}/ (no meta.json); pass --data_dir")
+    meta = read_meta(folder)
+    try:
+        data = open_split(folder, meta, split)
+        check_ids(data, meta["vocab_size"], os.path.join(folder, f"{split}.bin"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the {split} split in {folder}/ ({e}); pass --data_dir") from None
+    return meta, data
+
+
 def run(cfg, members=None):
     """Evaluate out_dir's checkpoint, or with members (run folders) their ensemble, written to out_dir."""
     check(cfg)
@@ -427,14 +441,7 @@ def run(cfg, members=None):
             raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
     tc = saved_config(tcfg, os.path.join(members[0] if members else cfg.out_dir, "ckpt.pt"))
     folder = os.path.join(cfg.data_dir or tc.data_dir, tcfg.get("dataset", ""))
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-        raise UserError(f"no data in {folder}/ (no meta.json); pass --data_dir")
-    meta = read_meta(folder)
-    try:
-        data = open_split(folder, meta, cfg.split)  # its size and recorded largest id checked against meta.json
-        check_ids(data, meta["vocab_size"], os.path.join(folder, f"{cfg.split}.bin"))  # what is scored, read anyway
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the {cfg.split} split in {folder}/ ({e}); pass --data_dir") from None
+    meta, data = read_split(folder, cfg.split)
     mlm = mlm_setup(meta, tc)[1] if tc.objective == "mlm" else None
     vocab = meta["vocab_size"] + (len(MLM_TOKENS) if mlm else 0)  # mlm: <mask> and <pad> come on top
     if vocab != model.config.vocab_size:
