@@ -199,8 +199,9 @@ def training_state(model, optimizer, scaler, progress, rng):
             "best_val_loss": progress.best_val_loss, "elapsed": progress.elapsed, "rng": rng, "version": 1}
 
 
-RESUME_FIELDS = {"model": dict, "optimizer": dict, "scaler": dict, "model_config": dict, "iter_num": int,
-                 "best_val_loss": (int, float), "elapsed": (int, float), "rng": dict}
+# what resuming reads beyond check_fields' (model, model_config, tokenizer: checked by load_checkpoint)
+RESUME_FIELDS = {"optimizer": dict, "scaler": dict, "iter_num": int, "best_val_loss": (int, float),
+                 "elapsed": (int, float), "rng": dict}
 
 
 def check_resume_fields(ckpt, path):

@@ -132,13 +132,14 @@ def read_meta(folder):
             meta = json.load(f)
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise UserError(f"cannot read {path} ({e}); rerun prepare_data.py") from None
+
     def is_int(v):
         return type(v) is int  # bool is an int to isinstance
 
     def is_spec(v):
         specials = v.get("special_tokens", []) if isinstance(v, dict) else None
-        return isinstance(v.get("kind"), str) and isinstance(specials, list) and all(
-            isinstance(t, str) for t in specials) if isinstance(v, dict) else False
+        return isinstance(specials, list) and all(isinstance(t, str) for t in specials) and isinstance(
+            v.get("kind"), str)
 
     checks = [("vocab_size", lambda v: is_int(v) and 1 <= v <= 2 ** 32, "a positive integer"),
               ("dtype", lambda v: v in ("uint16", "uint32"), "'uint16' or 'uint32'"),
