@@ -58,10 +58,9 @@ import torch
 
 from configurator import UserError, configure, main_guard
 from data import read_meta
-import heads
 from generate import generate
 from metrics import flops_per_token, peak_flops, peak_memory_mb
-from model import GPT, allow_tf32, autocast, pick_device, pick_dtype
+from model import GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
 from prepare_data import bundled_shakespeare
 from tokenizer import BPETokenizer
 from train import TrainConfig, check, make_optimizer, model_config
@@ -199,15 +198,14 @@ def _vm(key):
         return None
 
 
-def _formula_loss(model, x, y):
-    """The training loss (and KL) written with heads.py's reference formulas instead of its fast Functions."""
+def _head_loss(model, x, y, plain):
+    """The training loss plus the head's regulariser (train.py divides it by the training tokens: the same
+    cost as / 1e6); plain: written with heads.py's reference formulas instead of its fast Functions."""
     h = model.hidden(x).flatten(0, 1)
     z = model.logits(h).float()
-    if model.config.head == "sigmoid":
-        return heads.sigmoid_bce_reference(z, torch.arange(len(z), device=z.device), y.flatten()).mean()
-    ce = heads.sampled_ce_reference(z, h, model.lm_rho, y.flatten(), torch.randn_like(z)).mean()
-    mu = model.lm_head.weight[:model.config.vocab_size]
-    return ce + heads.gaussian_kl_reference(mu, model.lm_rho, model.config.bayes_prior_std) / 1e6
+    loss = model.head.loss(model, z, y.flatten(), h, plain=plain) / len(z)
+    reg = model.head.regulariser(model, plain=plain)
+    return loss if reg is None else loss + reg / 1e6
 
 
 def _head_step(cfg, head):
@@ -232,12 +230,7 @@ def _head_step(cfg, head):
         sync(device)
         t = time.perf_counter()
         with ctx:
-            if formula:
-                loss = _formula_loss(model, x, y)
-            else:
-                _, loss = model(x, y)
-        if head == "bayes":
-            loss = loss + model.kl() / 1e6  # train.py divides by the training tokens: same cost
+            loss = _head_loss(model, x, y, formula)
         loss.backward()
         sync(device)
         if i >= cfg.warmup:
@@ -251,7 +244,7 @@ def bench_heads(cfg):
     """fwd+bwd time and peak extra memory of each head, in fresh processes, as ratios to softmax."""
     spawn = multiprocessing.get_context("spawn")
     logits_mb = cfg.batch_size * cfg.block_size * cfg.vocab_size * 4 / 2 ** 20
-    names = ("softmax", "sigmoid", "bayes") + (("sigmoid-formula", "bayes-formula") if cfg.formulas else ())
+    names = tuple(HEADS) + (tuple(f"{h}-formula" for h in HEADS if h != GPTConfig.head) if cfg.formulas else ())
     runs = {h: [] for h in names}
     for _ in range(cfg.repeats):  # interleaved, so a slow moment of the machine hits every head alike
         for head in names:
@@ -283,14 +276,14 @@ def bench_grid(cfg):
     spawn = multiprocessing.get_context("spawn")
     rows = []
     for compile in (False, True):
-        for head in ("softmax", "sigmoid", "bayes"):
+        for head in HEADS:
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
                 rows.append(pool.submit(_train_row, cfg, head, compile).result())
     for r in rows:
-        base = next(s for s in rows if s["head"] == "softmax" and s["compile"] == r["compile"])
+        base = next(s for s in rows if s["head"] == GPTConfig.head and s["compile"] == r["compile"])
         r["vs_softmax"] = r["ms_per_iter"] / base["ms_per_iter"]
     device = pick_device(cfg.device)
-    cfg.head = "softmax"
+    cfg.head = GPTConfig.head
     return rows, bench_sample(cfg, device, autocast(device, pick_dtype(cfg.dtype, device)))
 
 

@@ -150,7 +150,7 @@ def fine_tune_from(model, src, spec):
         raise UserError(f"cannot fine-tune from that checkpoint: its weights do not fit its settings "
                         f"({str(e).strip().splitlines()[-1][:160]})") from None
     dropped = sorted(set(src["model"]) - set(own))
-    print(f"fine-tuning from a {src['model_config'].get('head', 'softmax')} checkpoint"
+    print(f"fine-tuning from a {src['model_config'].get('head', GPTConfig.head)} checkpoint"
           + (f"; fresh: {', '.join(missing)}" if missing else "")
           + (f"; dropped: {', '.join(dropped)}" if dropped else ""))
 
@@ -356,7 +356,7 @@ def from_pretrained(name, **overrides):
           if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers of older versions
     sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size]
     missing, unexpected = model.load_state_dict(fit_vocab(sd, model.state_dict(), c.vocab_size), strict=False)
-    if unexpected or set(missing) - {"lm_bias", "lm_rho"}:
+    if unexpected or set(missing) - set(model.head_params):
         raise ValueError(f"{name} does not fit GPT-2's layout (missing {missing}, unexpected {unexpected})")
     return model
 
@@ -419,7 +419,7 @@ def export_hf(model, folder, eos_token_id=None, tok=None):
     a character vocabulary has no HuggingFace form that reads any text, so it is left out. Returns whether a
     tokenizer was written. The folder must not exist or be empty; it appears complete or not at all."""
     c = model.config
-    if c.head != "softmax":
+    if not model.head.gpt2:
         raise ValueError(f"only the softmax head exists in GPT-2; this model's head is {c.head!r}")
     if (c.norm, c.mlp, c.pos) != ("layernorm", "gelu", "learned"):
         raise ValueError(f"GPT-2 has LayerNorm, a GELU MLP and learned positions; this model has norm={c.norm}, "

@@ -74,8 +74,9 @@ def saved_config(saved, where):
         raise UserError(f"{where}: the training settings' {e}") from None
 
 
-def check(cfg, head):
-    """Refuse data settings that cannot work, before any time is spent; head: the model's output head."""
+def check(cfg, sets):
+    """Refuse data settings that cannot work, before any time is spent; sets: whether the model's output head
+    can train on a set of right answers per token (heads.py)."""
     for key, choices in (("objective", ("clm", "mlm")), ("batching", ("packed", "lines")),
                          ("sigmoid_targets", ("next", "ngram")), ("split_by", ("text", "windows"))):
         if getattr(cfg, key) not in choices:
@@ -89,7 +90,7 @@ def check(cfg, head):
         # ngram: the sets would be counted on the joined text, validation included, at the wrong positions
         raise UserError("split_by='windows' needs batching='packed' and sigmoid_targets='next', and no "
                         "train_fraction or train_noise")
-    if cfg.sigmoid_targets == "ngram" and (head != "sigmoid" or cfg.objective != "clm" or cfg.batching != "packed"
+    if cfg.sigmoid_targets == "ngram" and (not sets or cfg.objective != "clm" or cfg.batching != "packed"
                                            or cfg.ngram_k < 1):
         raise UserError("sigmoid_targets='ngram' needs head='sigmoid', objective='clm', batching='packed' and "
                         "ngram_k >= 1 (the other heads have one right answer per token)")

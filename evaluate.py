@@ -62,7 +62,7 @@ from checkpoint import build_model, load_checkpoint
 from configurator import UserError, atomic_write, configure, main_guard
 from data import (MLM_TOKENS, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split, piece_batch,
                   read_meta, saved_config, target_sets)
-from model import autocast, pick_device, pick_dtype
+from model import GPTConfig, autocast, pick_device, pick_dtype
 from tokenizer import from_spec
 
 BINS = 15
@@ -124,16 +124,21 @@ def batches(x, y, am, lo, hi, size):
         yield xb, yb, ab
 
 
-def predict(models, xb, ab=None):
+def predict(models, xb, ab=None, yb=None):
     """log p (B, T, V), predictive entropy and mutual information (B, T) of one model (model.predictive), or of
-    an ensemble: the mean of its members' probabilities, and the members' disagreement as its MI."""
+    an ensemble: the mean of its members' probabilities, and the members' disagreement as its MI. Given
+    targets yb, also one model's own scores (heads.py's scores: sums by name; {} for an ensemble)."""
     if len(models) == 1:
-        return models[0].predictive(models[0].hidden(xb, attention_mask=ab))
+        m = models[0]
+        h = m.hidden(xb, attention_mask=ab)
+        z = m.logits(h)
+        extra = {} if yb is None else m.head.scores(m, z.flatten(0, 1).float(), yb.flatten(), h.flatten(0, 1))
+        return *m.head.predictive(m, z, h), extra
     logps = torch.stack([m.predictive(m.hidden(xb, attention_mask=ab))[0].float() for m in models])  # (M, B, T, V)
     logp = logps.logsumexp(0) - math.log(len(models))  # log of the mean probability
     entropy = -(logp.exp() * logp).sum(-1)
     each = -(logps.exp() * logps).sum(-1).mean(0)  # the members' mean entropy
-    return logp, entropy, entropy - each
+    return logp, entropy, entropy - each, {}
 
 
 def ece(conf, correct, equal_mass=False):
@@ -189,25 +194,21 @@ def one_pass(models, x, y, am, cfg, ctx, device, temps=None):
     """Score every window (every target that is not -1) with a model or an ensemble (a list of models).
     temps=None: the raw distribution, plus per fold the NLL under every temperature of the grid (to fit T).
     temps=(T0, T1): the distribution at the temperature fitted for each fold."""
-    head, n = head_of(models), x.size(0)
+    n = x.size(0)
     ignore = bool((y == -1).any())  # padding, or tokens the masking left alone: scored are only the others
     folds = ((0, n // 2), (n // 2, n))  # the two halves of the temperature fit
     nll_by_t = np.zeros((2, len(TEMPERATURES)))
     inv_t = torch.tensor(1 / TEMPERATURES, dtype=torch.float32, device=device)
-    parts, sums = [], {"entropy": 0.0, "expected_entropy": 0.0, "mi": 0.0, "bce": 0.0, "sum_sigma": 0.0}
+    parts, sums = [], {"entropy": 0.0, "expected_entropy": 0.0, "mi": 0.0}
     torch.manual_seed(cfg.seed)  # the same weight draws (bayes) in every pass and every run
     bar = tqdm(total=n, desc="evaluating", unit="window", disable=n < 50 * cfg.batch_size, file=sys.stderr)
     for fold, (lo, hi) in enumerate(folds):
         for xb, yb, ab in batches(x, y, am, lo, hi, cfg.batch_size):
             xb, yb, ab = xb.to(device), yb.to(device), None if ab is None else ab.to(device)
             with ctx:
-                logp, entropy, mi = predict(models, xb, ab)
-                if head == "sigmoid" and temps is None:
-                    model = models[0]
-                    h = model.hidden(xb, attention_mask=ab)
-                    z = model.logits(h)
-                    sums["bce"] += model.head_loss(z, yb, h).item() * (yb != -1).sum().item()
-                    sums["sum_sigma"] += torch.sigmoid(z.float()).sum(-1)[yb != -1].sum().item()
+                logp, entropy, mi, extra = predict(models, xb, ab, yb if temps is None else None)
+                for k, v in extra.items():  # what this head alone reports (sigmoid: its BCE)
+                    sums[k] = sums.get(k, 0.0) + v
             logp, yf, entropy, mi = logp.float().flatten(0, 1), yb.flatten(), entropy.flatten(), mi.flatten()
             if ignore:
                 keep = yf != -1
@@ -225,8 +226,7 @@ def one_pass(models, x, y, am, cfg, ctx, device, temps=None):
     result = summarise(parts)
     if temps is None:
         tokens = (y != -1).sum().item()
-        keep = {"entropy"} | ({"bce", "sum_sigma"} if head == "sigmoid" else set()) | (
-            {"expected_entropy", "mi"} if head in ("bayes", "ensemble") else set())
+        keep = set(sums) - ({"expected_entropy", "mi"} if not draws(models) else set())
         result.update({k: sums[k] / tokens for k in keep})
         # each half is scored with the temperature fitted on the *other* half
         result["fit_T"] = [float(TEMPERATURES[np.argmin(nll_by_t[1])]), float(TEMPERATURES[np.argmin(nll_by_t[0])])]
@@ -235,6 +235,12 @@ def one_pass(models, x, y, am, cfg, ctx, device, temps=None):
 
 def head_of(models):
     return models[0].config.head if len(models) == 1 else "ensemble"
+
+
+def draws(models):
+    """Whether the prediction averages several draws (a bayes head's weights, an ensemble's members), so its
+    entropy splits into an expected entropy and a mutual information."""
+    return len(models) > 1 or models[0].head.draws
 
 
 def evaluate(models, x, y, cfg, ctx, device, am=None):
@@ -257,7 +263,7 @@ def bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts):
             xb, yb, ab = xb.to(device), yb.to(device), None if ab is None else ab.to(device)
             with ctx:
                 h = model.hidden(xb, attention_mask=ab)
-                logp, _ = model.bayes_predict(model.logits(h), h, samples=s)
+                logp = model.head_log_probs(model.logits(h), h, samples=s)
             nll = -logp.float().gather(-1, yb.clamp_min(0)[..., None]).squeeze(-1)  # (B, T)
             total += nll[yb != -1].sum().item()
         out[str(s)] = total / (y != -1).sum().item()
@@ -277,10 +283,7 @@ def set_scores(model, x, data, table, k, cfg, ctx, device):
         rows, cols = (t.to(device) for t in target_sets(table, data, pos, k, model.config.vocab_size))
         with ctx:
             h = model.hidden(xb)
-            if model.config.head == "sigmoid":
-                q = torch.sigmoid(model.logits(h).float())
-            else:
-                q = model.predictive(h)[0].exp()
+            q = model.head.in_set(model, model.logits(h), h)
         pred = q.flatten(0, 1) > 0.5
         hits += pred[rows, cols].sum().item()
         predicted += pred.sum().item()
@@ -330,7 +333,7 @@ def window_scores(models, x, cfg, ctx, device):
     torch.manual_seed(cfg.seed)
     for i in range(0, len(x), cfg.batch_size):
         with ctx:
-            _, e, m = predict(models, x[i:i + cfg.batch_size].to(device))
+            _, e, m, _ = predict(models, x[i:i + cfg.batch_size].to(device))
         entropy.append(e.float().mean(-1).cpu())
         mi.append(m.float().mean(-1).cpu())
     return torch.cat(entropy).double().numpy(), torch.cat(mi).double().numpy()
@@ -349,7 +352,7 @@ def shift_scores(models, data, tok, x, cfg, ctx, device):
         per_window[name] = window_scores(models, xs, cfg, ctx, device)
         out[name] = {"windows": len(xs), "entropy": float(per_window[name][0].mean()),
                      "auroc_entropy": auroc(clean[0], per_window[name][0])}
-        if head_of(models) in ("bayes", "ensemble"):
+        if draws(models):
             out[name].update(mi=float(per_window[name][1].mean()), auroc_mi=auroc(clean[1], per_window[name][1]))
     out["clean"] = {"windows": N, "entropy": float(clean[0].mean()), "mi": float(clean[1].mean())}
     return out, per_window
@@ -452,7 +455,7 @@ def run(cfg, members=None):
     if members:
         result["members"] = [{"out_dir": d, "head": m.config.head, "seed": c.get("config", {}).get("seed"),
                               "iter": c.get("iter_num")} for d, c, m in zip(members, ckpts, models)]
-    elif model.config.head == "bayes":
+    elif model.head.draws:
         counts = [int(s) for s in cfg.bayes_sample_counts.split(",") if s.strip()]
         result["nll_by_samples"] = bayes_nll_by_samples(model, x, y, am, cfg, ctx, device, counts)
     per_window = None
@@ -467,7 +470,7 @@ def run(cfg, members=None):
                                  device))
     result.update(out_dir=cfg.out_dir, split=cfg.split, iter=None if members else ckpt.get("iter_num"),
                   seed=None if members else tcfg.get("seed"), objective=tc.objective, batching=tc.batching,
-                  targets=tc.sigmoid_targets if result["head"] == "sigmoid" else "next")
+                  targets=tc.sigmoid_targets if model.head.sets and not members else "next")
     if mlm:
         result["masking"] = {"seed": cfg.seed, "prob": tc.mlm_prob, "mask": tc.mlm_mask, "random": tc.mlm_random}
     os.makedirs(cfg.out_dir, exist_ok=True)  # an ensemble's folder is new
@@ -477,7 +480,7 @@ def run(cfg, members=None):
     reliability_plot([("raw", result["bins"]), ("temperature-scaled", result["temperature_scaled"]["bins"])],
                      os.path.join(cfg.out_dir, f"reliability_{cfg.split}.png"))
     if per_window:
-        shift_plot(per_window, result["head"] in ("bayes", "ensemble"),
+        shift_plot(per_window, draws(models),
                    os.path.join(cfg.out_dir, f"shift_{cfg.split}.png"), f"{result['head']}: {cfg.out_dir}")
     return result
 
@@ -494,7 +497,7 @@ def report(r):
     t = r["temperature_scaled"]
     print(f"  temperature-scaled (T = {t['T'][0]:.3f} / {t['T'][1]:.3f}, cross-fitted): NLL {t['nll']:.4f}, "
           f"ECE {t['ece']:.4f} (equal-mass {t['ece_mass']:.4f}), Brier {t['brier']:.4f}")
-    if r["head"] == "sigmoid":
+    if "bce" in r:
         print(f"  raw BCE (the next token as the one right answer) {r['bce']:.4f} nats/token, "
               f"mean sum of sigmoids {r['sum_sigma']:.3f}")
     if "set_k" in r:
@@ -502,10 +505,10 @@ def report(r):
         print(f"  sets (q > 1/2) against the train split's next tokens after {r['set_k']} tokens: precision {p}, "
               f"recall {r['set_recall']:.4f}; mean size {r['set_size']:.2f} predicted, {r['right_set_size']:.2f} "
               f"right; next token in the predicted set {r['next_in_set']:.4f}")
-    if r["head"] == "bayes":
+    if "nll_by_samples" in r:
         by = ", ".join(f"{k} draws {v:.4f}" for k, v in r["nll_by_samples"].items())
         print(f"  NLL by weight draws: {by}")
-    if r["head"] in ("bayes", "ensemble"):
+    if "mi" in r:
         print(f"  entropy {r['entropy']:.3f} = expected {r['expected_entropy']:.3f} + mutual information {r['mi']:.4f}")
     if "members" in r:
         print(f"  ensemble of {len(r['members'])}: " + ", ".join(f"{m['out_dir']} ({m['head']})" for m in r["members"]))
@@ -572,7 +575,7 @@ def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
         if "members" in r:
             r["name"] = f"ensemble of {len(r['members'])} {'/'.join(sorted({m['head'] for m in r['members']}))}"
         groups.setdefault(r["name"], []).append(r)
-    ref = groups.get("softmax", next(iter(groups.values())))
+    ref = groups.get(GPTConfig.head, next(iter(groups.values())))
     value = lambda rs, key: [r[key] for r in rs if r.get(key) is not None and r[key] == r[key]]  # not NaN
     print(f"| head | runs | {' | '.join(names[k] for k in keys)} |")
     print("|" + " --- |" * (len(keys) + 2))

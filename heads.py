@@ -9,7 +9,9 @@ The output heads: how the final hidden states become a training loss and a next-
 
 For each: first the plain formula, a few lines that autograd differentiates. Then, where it pays, a fast
 autograd Function with the gradient written out, whose docstring says what it saves; tests/test_heads.py
-checks that both give the same values and gradients. model.py picks the head (GPT.head_loss, log_probs).
+checks that both give the same values and gradients. At the bottom, each head is a class behind one small
+interface (parameters, training loss and regulariser, log-probabilities, the predictive distribution); HEADS
+names them, and model.py calls the chosen one. A new head is one class there (docs/heads.md shows one).
 
 Precision: every loss here is computed in float32, whatever autocast says (model.py hands the logits over in
 fp32, and the regions below marked fp32() switch autocast off). The bayes head's variances are the reason: a
@@ -20,6 +22,7 @@ the noise would vanish, or the loss turn inf and the GradScaler skip every step.
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -211,3 +214,135 @@ def bayes_predict(z, std, samples):
         ent = ent - (lp.exp() * lp).sum(-1) / samples
         acc = lp if acc is None else torch.logaddexp(acc, lp)
     return acc - math.log(samples), ent
+
+
+# --- the heads: what model.py calls ---------------------------------------------------------------------------
+# One object per model (GPT.head). Its parameters are registered on the model itself, so a checkpoint's keys stay
+# lm_bias and lm_rho, and every method gets the model as m to reach them. z: logits (N, V) in fp32, h: hidden
+# states (N, C), y: targets (N,) with -1 at the tokens that do not count. plain=True: the reference formula.
+
+
+class Softmax:
+    """GPT-2's head: p = softmax(z), trained with the cross-entropy. The other heads change what differs.
+    Making one checks the model config (a ValueError), so GPTConfig makes one to check itself."""
+    sets = False  # can train on a set of right answers per token (data.py's sigmoid_targets='ngram')
+    draws = False  # predicts by averaging weight draws: evaluate adds the NLL by draws and the mutual information
+    gpt2 = True  # computes what GPT-2 does: only such a head exports as a HuggingFace GPT-2 (checkpoint.py)
+
+    def __init__(self, config):
+        self.config = config
+
+    def params(self):
+        """The head's own parameters by name, at their init (registered on the model)."""
+        return {}
+
+    def logits(self, m, z):
+        """Logits from the output layer's z = h W^T (..., V)."""
+        return z
+
+    def loss(self, m, z, y, h, sets=None, plain=False):
+        """The training loss summed over the tokens that count (model.py divides by their number)."""
+        return F.cross_entropy(z, y, ignore_index=-1, reduction="sum")  # torch's own is both plain and fast
+
+    def regulariser(self, m, plain=False):
+        """A term added to the loss once per step, per training token (train.py), or None."""
+        return None
+
+    def log_probs(self, m, z, h, samples=None):
+        """Normalised next-token log-probabilities (..., V), fp32 (bf16 would round them coarsely)."""
+        return softmax_log_probs(z.float())
+
+    def predictive(self, m, z, h, samples=None):
+        """(log-probabilities, predictive entropy, mutual information between the token and the weights)."""
+        logp = self.log_probs(m, z, h, samples)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logp, entropy, torch.zeros_like(entropy)
+
+    def in_set(self, m, z, h):
+        """Per token id, the probability that it is *a* right answer (evaluate's set scores): here p itself."""
+        return self.log_probs(m, z, h).exp()
+
+    def scores(self, m, z, y, h):
+        """Sums over the tokens that count of what evaluate reports for this head alone, by name."""
+        return {}
+
+
+class Sigmoid(Softmax):
+    """Each token its own yes/no, sigma(z_j); BCE summed over the vocabulary; as one distribution,
+    sigma(z_y) / sum_j sigma(z_j)."""
+    sets, gpt2 = True, False
+
+    def __init__(self, config):
+        if config.vocab_size < 2:
+            raise ValueError("the sigmoid head needs vocab_size >= 2")
+        self.config = config
+
+    def params(self):
+        # a bias per token, starting at logit(1/V) = -log(V-1): every sigmoid starts at 1/V, the same "any token,
+        # equally" as softmax at init; without it each of V sigmoids starts at 1/2, and the first steps are spent
+        # pushing V-1 of them down
+        V = self.config.vocab_size
+        return {"lm_bias": nn.Parameter(torch.full((V,), -math.log(V - 1)))}  # V: the padding has none
+
+    def logits(self, m, z):
+        # the bias in z's dtype: under autocast, adding an fp32 bias would make a second, fp32 (..., V) tensor
+        return z + m.lm_bias.to(z.dtype)
+
+    def loss(self, m, z, y, h, sets=None, plain=False):
+        rows, cols = sets or (torch.arange(len(y), device=y.device), y.clamp_min(0))
+        bce = sigmoid_bce_reference(z, rows, cols) if plain else SigmoidBCE.apply(z, rows, cols)
+        return (bce * (y != -1)).sum()
+
+    def log_probs(self, m, z, h, samples=None):
+        return sigmoid_log_probs(z.float())
+
+    def in_set(self, m, z, h):
+        return torch.sigmoid(z.float())  # each token's own yes/no
+
+    def scores(self, m, z, y, h):
+        keep = y != -1
+        return {"bce": self.loss(m, z, y, h).item(),  # the next token as the one right answer
+                "sum_sigma": torch.sigmoid(z.float()).sum(-1)[keep].sum().item()}
+
+
+class Bayes(Softmax):
+    """A Gaussian over every output weight, q(W) = N(mu, sigma^2), mu the tied lm_head matrix; trained on one draw
+    per token plus KL(q || prior); predicts with the average of several draws' softmax."""
+    draws, gpt2 = True, False
+
+    def params(self):
+        # sigma = softplus(rho) > 0. mu *is* the tied lm_head/wte matrix: with sigma -> 0 this is the softmax head,
+        # the parameter count differs from it only by rho, and pretrained output weights are the mean to start from
+        c = self.config
+        return {"lm_rho": nn.Parameter(torch.full((c.vocab_size, c.n_embd), math.log(math.expm1(c.bayes_init_std))))}
+
+    def loss(self, m, z, y, h, sets=None, plain=False):
+        if not m.training:  # what we report: the NLL of the averaged prediction, never with the KL
+            return F.nll_loss(self.log_probs(m, z, h), y, ignore_index=-1, reduction="sum")
+        # one draw of every logit: unbiased for E_q[CE]
+        if plain:
+            ce = sampled_ce_reference(z, h, m.lm_rho, y.clamp_min(0), torch.randn_like(z))
+        else:
+            ce = SampledCE.apply(z, h.float().square(), m.lm_rho, y.clamp_min(0))
+        return (ce * (y != -1)).sum()
+
+    def regulariser(self, m, plain=False):
+        """KL(q(W) || N(0, bayes_prior_std^2)) summed over the output weights."""
+        mu = m.lm_head.weight[:self.config.vocab_size]
+        kl = gaussian_kl_reference if plain else GaussianKL.apply
+        return kl(mu, m.lm_rho, self.config.bayes_prior_std)
+
+    def draw(self, m, z, h, samples=None):
+        """(log of the mean predictive probability, expected entropy) over the draws (bayes_predict)."""
+        return bayes_predict(z.float(), logit_std(h, m.lm_rho).float(), samples or self.config.bayes_samples)
+
+    def log_probs(self, m, z, h, samples=None):
+        return self.draw(m, z, h, samples)[0]
+
+    def predictive(self, m, z, h, samples=None):
+        logp, expected_entropy = self.draw(m, z, h, samples)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logp, entropy, entropy - expected_entropy
+
+
+HEADS = {"softmax": Softmax, "sigmoid": Sigmoid, "bayes": Bayes}  # GPTConfig.head names one of these

@@ -25,8 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads import (GaussianKL, SampledCE, SigmoidBCE, bayes_predict, logit_std, sigmoid_log_probs,
-                   softmax_log_probs)
+from heads import HEADS
 
 
 class RMSNorm(nn.Module):
@@ -186,16 +185,15 @@ class GPTConfig:
     # position sees the whole sequence, and its logits predict the token *at* that position (a masked language
     # model, BERT-style: trained to recover <mask>ed tokens; train.py objective='mlm')
     causal: bool = True
-    head: str = "softmax"  # the output head: 'softmax', 'sigmoid' or 'bayes' (see GPT.head_loss)
+    head: str = "softmax"  # the output head, a name in heads.HEADS: 'softmax', 'sigmoid' or 'bayes'
     bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
     bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
     bayes_samples: int = 10  # bayes: weight draws averaged for a prediction
 
     def __post_init__(self):
-        if self.head not in ("softmax", "sigmoid", "bayes"):
-            raise ValueError(f"unknown head {self.head!r}; choose softmax, sigmoid or bayes")
-        if self.head == "sigmoid" and self.vocab_size < 2:
-            raise ValueError("the sigmoid head needs vocab_size >= 2")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose {' or '.join(HEADS)}")
+        HEADS[self.head](self)  # the head checks what it needs of the config
         if self.bayes_prior_std <= 0 or self.bayes_init_std <= 0 or self.bayes_samples < 1:
             raise ValueError("bayes_prior_std and bayes_init_std must be > 0 and bayes_samples >= 1")
         if self.n_embd % self.n_head:
@@ -235,21 +233,15 @@ class GPT(nn.Module):
         # weight tying: the output layer scores token j by the dot product with j's input embedding, so one
         # matrix learns what a token means both as input and as prediction (and 38M fewer parameters in GPT-2)
         self.transformer.wte.weight = self.lm_head.weight
-        V, C = config.vocab_size, config.n_embd
-        if config.head == "sigmoid":
-            # a bias per token, starting at logit(1/V) = -log(V-1): every sigmoid starts at 1/V, the same
-            # "any token, equally" as softmax at init; without it each of V sigmoids starts at 1/2, and the
-            # first steps are spent pushing V-1 of them down
-            self.lm_bias = nn.Parameter(torch.full((V,), -math.log(V - 1)))  # V: the padding has none
-        if config.head == "bayes":
-            # q(W) = N(mu, sigma^2) per output weight, sigma = softplus(rho) > 0. mu *is* the tied lm_head/wte
-            # matrix: with sigma -> 0 the head is exactly the softmax head, the parameter count differs from it
-            # only by rho, and a pretrained model's output weights are the posterior mean to start from
-            self.lm_rho = nn.Parameter(torch.full((V, C), math.log(math.expm1(config.bayes_init_std))))
+        self.head = HEADS[config.head](config)  # heads.py: what turns the final hidden states into predictions
+        own = self.head.params()
+        for name, p in own.items():
+            self.register_parameter(name, p)
+        self.head_params = tuple(own)  # their names: no weight decay, and none in GPT-2's weights
         if config.pos == "rope":
             # buffers, not parameters, and not in state_dict (persistent=False): they follow from the config,
             # and checkpoints stay free of tables that only depend on block_size
-            cos, sin = rope_tables(C // config.n_head, config.rope_theta, config.block_size)  # (block_size, hs/2)
+            cos, sin = rope_tables(config.n_embd // config.n_head, config.rope_theta, config.block_size)  # (block_size, hs/2)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -321,7 +313,7 @@ class GPT(nn.Module):
             cache.advance(T)
         return self.transformer.ln_f(x)
 
-    # --- the output head (heads.py): the only place where the choice of head matters ---------------------
+    # --- the output head: self.head (heads.py) does the work ------------------------------------------------
 
     def logits(self, h):
         """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights. The
@@ -329,51 +321,28 @@ class GPT(nn.Module):
         z = self.lm_head(h)
         if z.size(-1) != self.config.vocab_size:
             z = z[..., :self.config.vocab_size]
-        # the bias in z's dtype: under autocast, adding an fp32 bias would make a second, fp32 (B, T, V) tensor
-        return z + self.lm_bias.to(z.dtype) if self.config.head == "sigmoid" else z
+        return self.head.logits(self, z)
 
     def head_loss(self, logits, targets, h=None, target_sets=None):
         """Mean loss per predicted token (nats), targets of -1 ignored, in fp32; 0 when every target is ignored
-        (a masked-LM batch that chose no position), not 0 / 0. target_sets (sigmoid only): (rows, cols), a set of
-        right answers per token instead of the next one alone (rows index the flattened B*T positions)."""
-        V = logits.size(-1)
-        z, y = logits.float().reshape(-1, V), targets.reshape(-1)
+        (a masked-LM batch that chose no position), not 0 / 0. target_sets (heads with sets, e.g. sigmoid):
+        (rows, cols), a set of right answers per token instead of the next one alone (rows index the B*T)."""
+        if target_sets is not None and not self.head.sets:
+            raise ValueError(f"target_sets are for a head with sets (the sigmoid head); the {self.config.head} head "
+                             f"has one right answer per token")
+        z, y = logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
         n = (y != -1).sum().clamp_min(1)  # the tokens that count
-        keep = y != -1
-        if self.config.head == "sigmoid":
-            rows, cols = target_sets or (torch.arange(len(y), device=y.device), y.clamp_min(0))
-            return (SigmoidBCE.apply(z, rows, cols) * keep).sum() / n
-        if target_sets is not None:
-            raise ValueError("target_sets are for the sigmoid head (the others have one right answer per token)")
-        if self.config.head == "bayes" and self.training:  # one draw of every logit: unbiased for E_q[CE]
-            h2 = h.reshape(-1, h.size(-1)).float().square()
-            return (SampledCE.apply(z, h2, self.lm_rho, y.clamp_min(0)) * keep).sum() / n
-        if self.config.head == "bayes":  # what we report: NLL of the averaged prediction, never with the KL
-            logp = self.head_log_probs(logits, h).reshape(-1, V)
-            return F.nll_loss(logp, y, ignore_index=-1, reduction="sum") / n
-        return F.cross_entropy(z, y, ignore_index=-1, reduction="sum") / n
+        h = None if h is None else h.reshape(-1, h.size(-1))
+        return self.head.loss(self, z, y, h, target_sets) / n
 
-    def head_log_probs(self, logits, h=None):
+    def head_log_probs(self, logits, h=None, samples=None):
         """Normalised next-token log-probabilities (fp32: bf16 would round them coarsely)."""
-        if self.config.head == "sigmoid":
-            return sigmoid_log_probs(logits.float())
-        if self.config.head == "bayes":
-            return self.bayes_predict(logits, h)[0]
-        return softmax_log_probs(logits.float())
+        return self.head.log_probs(self, logits, h, samples)
 
-    def logit_std(self, h):
-        """bayes: the standard deviation of each logit under q(W) (heads.logit_std)."""
-        return logit_std(h, self.lm_rho)
-
-    def bayes_predict(self, logits, h, samples=None):
-        """bayes: (log mean predictive probability, expected entropy) over `samples` draws (heads.bayes_predict)."""
-        return bayes_predict(logits.float(), self.logit_std(h).float(), samples or self.config.bayes_samples)
-
-    def kl(self):
-        """bayes: KL(q(W) || N(0, bayes_prior_std^2)) summed over the output weights; 0 for the other heads."""
-        if self.config.head != "bayes":
-            return torch.zeros((), device=self.lm_head.weight.device)
-        return GaussianKL.apply(self.lm_head.weight[:self.config.vocab_size], self.lm_rho, self.config.bayes_prior_std)
+    def predictive(self, h):
+        """From hidden states h: the normalised log-probabilities (..., V), the predictive entropy and the
+        mutual information between the next token and the weights (zero for a head without weight draws)."""
+        return self.head.predictive(self, self.logits(h), h)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -395,18 +364,6 @@ class GPT(nn.Module):
         scores or samples goes through here, so every head is compared on the same footing."""
         h = self.hidden(idx, attention_mask=attention_mask)
         return self.head_log_probs(self.logits(h), h)
-
-    def predictive(self, h):
-        """From hidden states h: the normalised log-probabilities (..., V), the predictive entropy and the
-        mutual information between the next token and the weights (bayes; zero for the other heads)."""
-        z = self.logits(h)
-        if self.config.head == "bayes":
-            logp, expected_entropy = self.bayes_predict(z, h)
-        else:
-            logp = self.head_log_probs(z, h)
-        entropy = -(logp.exp() * logp).sum(-1)
-        mi = entropy - expected_entropy if self.config.head == "bayes" else torch.zeros_like(entropy)
-        return logp, entropy, mi
 
 
 # --- where it runs: the two settings every script resolves alike ---------------------------------------------

@@ -27,7 +27,7 @@ from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine
                         restore, restore_dropout_rng, rng_state, save_checkpoint, training_state)
 from configurator import UserError, catch_signals, configure, main_guard, show
 from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
-from model import GPT, GPTConfig, allow_tf32, autocast, pick_device, pick_dtype
+from model import GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
 
 
 @dataclass
@@ -116,7 +116,7 @@ def check(cfg):
         raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate, muon_lr > 0")
     if cfg.optimizer not in ("adamw", "muon"):
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
-    data.check(cfg, cfg.head)
+    data.check(cfg, cfg.head in HEADS and HEADS[cfg.head].sets)
     if cfg.objective == "mlm" and (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
         raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
                         "or from a checkpoint trained with objective='mlm'")
@@ -147,16 +147,17 @@ def set_lr(optimizer, lr):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor the
-    bayes head's rho (sigma = softplus(rho); decaying rho would pull every sigma towards softplus(0) = 0.69).
+    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor a head's
+    own parameters (bayes: rho, sigma = softplus(rho); decaying rho would pull every sigma towards 0.69).
     optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
     orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     matrices = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("transformer.h.") and p.dim() == 2]
     named = [(n, p) for n, p in named if not any(p is m for m in matrices)]
-    decay = [p for n, p in named if p.dim() >= 2 and n != "lm_rho"]
+    own = model.head_params
+    decay = [p for n, p in named if p.dim() >= 2 and n not in own]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in named if p.dim() < 2 or n == "lm_rho"], "weight_decay": 0.0}]
+              {"params": [p for n, p in named if p.dim() < 2 or n in own], "weight_decay": 0.0}]
     fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
     if not matrices:
@@ -271,8 +272,9 @@ def step(r, it, got_signal):
                 if nan_at in (str(it), f"{it}:{r.rank}"):
                     loss = loss * float("nan")  # the test hook: as if this step's loss diverged
             loss_sum += loss.detach()
-            if micro == 0 and cfg.head == "bayes":  # the KL term, once per step, logged apart from the loss
-                kl = r.raw.kl() * cfg.bayes_kl_weight / len(r.d.splits["train"])
+            reg = r.raw.head.regulariser(r.raw) if micro == 0 else None  # bayes: the KL, once per step
+            if reg is not None:  # per training token, and logged apart from the loss
+                kl = reg * cfg.bayes_kl_weight / len(r.d.splits["train"])
                 loss = loss + kl
             r.scaler.scale(loss).backward()
     grad_ok = True

@@ -124,7 +124,7 @@ def test_bayes_kl_matches_monte_carlo():
             w = mu + sigma * torch.randn(mu.shape, generator=g)
             est.append((q.log_prob(w) - p.log_prob(w)).sum())
         est = torch.stack(est)
-        kl = m.kl()
+        kl = m.head.regulariser(m)
     assert abs(kl - est.mean()) < 4 * est.std() / 20  # within 4 standard errors of the MC mean
     assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).sum(), rtol=1e-5)
 
@@ -136,7 +136,7 @@ def test_bayes_kl_and_its_gradients_equal_autograd_of_torch_distributions(rows, 
         monkeypatch.setattr(heads, "BLOCK", rows * m.config.n_embd)
     with torch.no_grad():
         m.lm_rho.add_(2 * torch.randn_like(m.lm_rho))  # sigmas from ~0.001 to ~2, around the prior's 0.5
-    kl = m.kl()
+    kl = m.head.regulariser(m)
     (3 * kl).backward()
     mine = m.lm_head.weight.grad.clone(), m.lm_rho.grad.clone()
     m.zero_grad()
@@ -169,7 +169,7 @@ def test_local_reparameterisation_has_the_moments_of_weight_sampling():
         mu, sigma = m.lm_head.weight, F.softplus(m.lm_rho)
         g = torch.Generator().manual_seed(0)
         explicit = torch.stack([h @ (mu + sigma * torch.randn(mu.shape, generator=g)).t() for _ in range(20000)])
-        mean, std = m.logits(h), m.logit_std(h)
+        mean, std = m.logits(h), heads.logit_std(h, m.lm_rho)
         torch.manual_seed(1)
         lrt = mean + std * torch.randn(20000, *mean.shape)
     for draws in (explicit, lrt):
@@ -218,9 +218,9 @@ def test_bayes_prediction_averages_probabilities_not_logits():
     m = small("bayes", bayes_init_std=1.0, bayes_samples=7).eval()
     h = torch.randn(3, 8)
     with torch.no_grad():
-        z, std = m.logits(h), m.logit_std(h)
+        z, std = m.logits(h), heads.logit_std(h, m.lm_rho)
         torch.manual_seed(5)
-        got, expected_entropy = m.bayes_predict(z, h)
+        got, expected_entropy = m.head.draw(m, z, h)
         torch.manual_seed(5)
         draws = torch.stack([F.softmax(z + std * torch.randn_like(z), -1) for _ in range(7)])
     assert torch.allclose(got.exp(), draws.mean(0), atol=1e-6)
@@ -294,3 +294,40 @@ def test_bad_head_settings_are_refused():
         GPTConfig(head="probit")
     with pytest.raises(ValueError, match="bayes_samples"):
         GPTConfig(head="bayes", bayes_samples=0)
+
+
+class Tempered(heads.Softmax):
+    """A fourth head, written as docs/heads.md shows: softmax(z / T) with one learned temperature T = exp(tau).
+    Everything else (loss, log-probabilities, sampling, evaluation) is the softmax head's, on its logits."""
+
+    def params(self):
+        return {"lm_tau": torch.nn.Parameter(torch.zeros(()))}
+
+    def logits(self, m, z):
+        return z * torch.exp(-m.lm_tau).to(z.dtype)
+
+
+def test_a_new_head_is_one_class_in_heads_py(data_dir, tmp_path, monkeypatch, capsys):
+    import evaluate
+    from sample import main as sample_main
+    monkeypatch.setitem(heads.HEADS, "tempered", Tempered)  # what its line in heads.HEADS would do
+    out = str(tmp_path / "tempered")
+    args = [*TINY, f"--data_dir={data_dir}", f"--out_dir={out}", "--head=tempered", "--lr_decay_iters=120",
+            "--eval_interval=60", "--eval_iters=5", "--log_interval=20"]
+    train.main([*args, "--max_iters=60"])
+    train.main([*args, "--max_iters=120", "--init_from=resume"])
+    evals = [json.loads(line)["val_loss"] for line in open(os.path.join(out, "metrics.jsonl")) if "val_loss" in line]
+    assert evals[-1] < evals[0] - 0.8  # it learns, from ~ln(65)
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["model_config"]["head"] == "tempered" and ckpt["model"]["lm_tau"] != 0  # saved, and trained
+    m = GPT(GPTConfig(**ckpt["model_config"]))
+    m.load_state_dict(ckpt["model"])
+    x = torch.randint(65, (2, 16))
+    h = m.hidden(x)
+    z = m.lm_head(h)[..., :65] / ckpt["model"]["lm_tau"].exp()  # the head's formula, by hand
+    assert torch.allclose(m.log_probs(x), F.log_softmax(z, -1), atol=1e-5)
+    assert torch.allclose(m(x, x)[1], F.cross_entropy(z.flatten(0, 1), x.flatten()), atol=1e-5)
+    sample_main([f"--out_dir={out}", "--max_new_tokens=20", "--num_samples=1", "--device=cpu"])
+    evaluate.main([f"--out_dir={out}", "--device=cpu", "--max_tokens=2000", "--shift=False"])
+    r = json.load(open(os.path.join(out, "eval_val.json")))
+    assert r["head"] == "tempered" and abs(r["nll"] - evals[-1]) < 0.3 and "mi" not in r
