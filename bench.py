@@ -53,10 +53,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from configurator import UserError, configure, main_guard
+from common import UserError, main_guard
+from configurator import configure
 from data import read_meta
 from generate import generate
 from metrics import flops_per_token, peak_flops, peak_memory_mb
@@ -68,7 +70,7 @@ from train import TrainConfig, check, make_optimizer, model_config
 
 @dataclass
 class BenchConfig(TrainConfig):  # every train setting (so train configs work here), plus:
-    what: str = "all"  # train, sample, all (both), grid (each head eager, compiled), heads, tokenizer, hellaswag
+    what: Literal["train", "sample", "all", "grid", "tokenizer", "heads", "hellaswag"] = "all"  # all: train, sample
     vocab_size: int = 0  # random tokens of this vocabulary; 0: the config's data's (data/<dataset>/meta.json)
     bench_iters: int = 10  # timed training steps
     warmup: int = 2  # untimed steps first (allocator, caches, compile)
@@ -110,7 +112,7 @@ def vocab_of(cfg):
 
 def bench_train(cfg, device, dtype, ctx):
     model = build(cfg, device)
-    opt = make_optimizer(model, cfg, device)
+    opts = make_optimizer(model, cfg, device)
     fwd = torch.compile(model) if cfg.compile else model
     x = torch.randint(cfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     if device.startswith("cuda"):
@@ -124,8 +126,9 @@ def bench_train(cfg, device, dtype, ctx):
                 _, loss = fwd(x, x.roll(-1, dims=1))
             (loss / cfg.gradient_accumulation_steps).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
         sync(device)
         if i >= cfg.warmup:
             times.append(time.perf_counter() - t)
@@ -462,8 +465,6 @@ def print_results(cfg, result):
 
 def main(argv=None):
     cfg = configure(BenchConfig, argv)
-    if cfg.what not in ("train", "sample", "all", "grid", "tokenizer", "heads", "hellaswag"):
-        raise UserError(f"what={cfg.what!r}: choose train, sample, all, grid, tokenizer, heads or hellaswag")
     check(cfg)  # train.py's, the model and data settings
     if min(cfg.bench_iters, cfg.repeats, cfg.sample_tokens, cfg.corpus_mb, cfg.hs_context) < 1 or cfg.hs_ending < 2 \
             or min(cfg.warmup, cfg.threads, cfg.vocab_size) < 0 or cfg.big_vocab < 257:

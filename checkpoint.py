@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.distributed as dist
 
-from configurator import UserError, atomic_write, fault_point, main_guard
+from common import UserError, atomic_write, fault_point, main_guard
 from model import GPT, GPTConfig
 from tokenizer import from_spec
 
@@ -192,9 +192,12 @@ def rng_state(gen, states):
             "cuda": [None if s[1] is None else s[1].cpu() for s in states]}
 
 
-def training_state(model, optimizer, scaler, progress, rng):
-    """What a checkpoint holds for an exact resume (rng: rng_state); train.py adds the configs and tokenizer."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+def training_state(model, optimizers, scaler, progress, rng):
+    """What a checkpoint holds for an exact resume (rng: rng_state); train.py adds the configs and tokenizer.
+    One optimizer's state as it is (AdamW's, as checkpoints always held it), several as {"optimizers": [...]}."""
+    states = [o.state_dict() for o in optimizers]
+    opt = states[0] if len(states) == 1 else {"optimizers": states}
+    return {"model": model.state_dict(), "optimizer": opt, "scaler": scaler.state_dict(),
             "model_config": asdict(model.config), "iter_num": progress.iter_num,
             "best_val_loss": progress.best_val_loss, "elapsed": progress.elapsed, "rng": rng, "version": 1}
 
@@ -248,8 +251,8 @@ def check_resumable(ckpt, mconf, optimizer, out_dir):
     return mconf
 
 
-def restore(ckpt, model, optimizer, scaler, gen, path="ckpt.pt"):
-    """Load the training state into the model, optimizer, GradScaler and batch generator; return its Progress.
+def restore(ckpt, model, optimizers, scaler, gen, path="ckpt.pt"):
+    """Load the training state into the model, optimizers, GradScaler and batch generator; return its Progress.
     A part that does not fit (a tensor of another shape, a state of another optimizer) is refused by name."""
     def load(field, fn):
         try:
@@ -259,7 +262,7 @@ def restore(ckpt, model, optimizer, scaler, gen, path="ckpt.pt"):
             raise UserError(f"{path} cannot be resumed: its {field} does not fit this run ({type(e).__name__}: "
                             f"{first})") from None
     load("model", lambda: model.load_state_dict(ckpt["model"]))
-    load("optimizer", lambda: load_optimizer(optimizer, ckpt["optimizer"]))
+    load("optimizer", lambda: load_optimizer(optimizers, ckpt["optimizer"]))
     if ckpt["scaler"] or not scaler.is_enabled():  # a bf16 or fp32 run resumed in float16: a fresh loss scale
         load("scaler", lambda: scaler.load_state_dict(ckpt["scaler"]))
     # RNG states are CPU tensors, whatever map_location did
@@ -270,14 +273,18 @@ def restore(ckpt, model, optimizer, scaler, gen, path="ckpt.pt"):
 RUN_FLAGS = ("fused", "foreach", "capturable", "lr_scale")  # how this run steps, not what was learned
 
 
-def load_optimizer(optimizer, state):
-    """optimizer.load_state_dict(state), keeping this run's RUN_FLAGS in every parameter group: a run started
-    on a CPU and resumed on a GPU steps fused, and Muon's lr_scale is this run's muon_lr. The flags go in before
-    loading, which places the state where they need it. A train.Optimizers state holds one per optimizer."""
-    if "optimizers" in state:
-        for o, s in zip(optimizer.optimizers, state["optimizers"]):
-            load_optimizer(o, s)
-        return
+def load_optimizer(optimizers, state):
+    """Each optimizer's load_state_dict (state: training_state's), keeping this run's RUN_FLAGS in every parameter
+    group: a run started on a CPU and resumed on a GPU steps fused, and Muon's lr_scale is this run's muon_lr.
+    The flags go in before loading, which places the state where they need it."""
+    states = state["optimizers"] if "optimizers" in state else [state]
+    if len(states) != len(optimizers):
+        raise ValueError(f"{len(states)} optimizer states for {len(optimizers)} optimizers")
+    for o, s in zip(optimizers, states):
+        load_one(o, s)
+
+
+def load_one(optimizer, state):
     groups = [g | {k: mine[k] for k in RUN_FLAGS if k in mine} for g, mine in zip(state["param_groups"],
                                                                                  optimizer.param_groups)]
     optimizer.load_state_dict(state | {"param_groups": groups})

@@ -22,12 +22,14 @@ import json
 import math
 import os
 import typing
+from typing import Literal
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from configurator import UserError, check_value
+from common import UserError
+from configurator import check_value
 from tokenizer import from_spec
 
 
@@ -38,16 +40,16 @@ class DataConfig:
     data_dir: str = "data"
     batch_size: int = 12  # sequences per micro-step
     block_size: int = 1024  # tokens per sequence (the context length)
-    objective: str = "clm"  # 'clm': the next token, causal attention (GPT); 'mlm': masked tokens, bidirectional
-    batching: str = "packed"  # 'packed': random block_size windows of the stream; 'lines': whole documents, padded
+    objective: Literal["clm", "mlm"] = "clm"  # clm: the next token, causal (GPT); mlm: masked tokens, bidirectional
+    batching: Literal["packed", "lines"] = "packed"  # packed: random windows of the stream; lines: documents, padded
     mlm_prob: float = 0.15  # mlm: each real position is chosen for the loss with this probability (BERT's 15%)
     mlm_mask: float = 0.8  # mlm: a chosen position becomes <mask> with this probability,
     mlm_random: float = 0.1  # ... a random token of the data's vocabulary with this one, else stays as it was
-    sigmoid_targets: str = "next"  # sigmoid head: 'next' (the next token) or 'ngram' (a set: see ngram_table)
+    sigmoid_targets: Literal["next", "ngram"] = "next"  # sigmoid head: the next token, or a set (see ngram_table)
     ngram_k: int = 4  # sigmoid_targets='ngram': the right answers are every token that followed the same k tokens
     train_fraction: float = 1.0  # train on the first this fraction of the train split only (little-data studies)
     train_noise: float = 0.0  # replace this fraction of the training tokens by random ids (fixed seed; val stays clean)
-    split_by: str = "text"  # 'text': val is its own text (prepare_data.py's split); 'windows': leaky (window_split)
+    split_by: Literal["text", "windows"] = "text"  # text: val is its own text; windows: leaky (window_split)
 
 
 @dataclass
@@ -77,10 +79,6 @@ def saved_config(saved, where):
 def check(cfg, sets):
     """Refuse data settings that cannot work, before any time is spent; sets: whether the model's output head
     can train on a set of right answers per token (heads.py)."""
-    for key, choices in (("objective", ("clm", "mlm")), ("batching", ("packed", "lines")),
-                         ("sigmoid_targets", ("next", "ngram")), ("split_by", ("text", "windows"))):
-        if getattr(cfg, key) not in choices:
-            raise UserError(f"unknown {key} {getattr(cfg, key)!r}; choose {' or '.join(choices)}")
     if not 0 < cfg.mlm_prob <= 1 or min(cfg.mlm_mask, cfg.mlm_random) < 0 or cfg.mlm_mask + cfg.mlm_random > 1:
         raise UserError("mlm_prob must be in (0, 1], and mlm_mask, mlm_random >= 0 with a sum of at most 1")
     if not 0 < cfg.train_fraction <= 1 or not 0 <= cfg.train_noise <= 1:

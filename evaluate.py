@@ -59,7 +59,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import build_model, load_checkpoint
-from configurator import UserError, atomic_write, configure, main_guard
+from common import UserError, atomic_write, main_guard
+from configurator import configure
 from data import (MLM_TOKENS, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split, piece_batch,
                   read_meta, saved_config, target_sets)
 from model import GPTConfig, autocast, pick_device, pick_dtype

@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_model
-from configurator import UserError, atomic_write, configure, main_guard, show
+from common import UserError, atomic_write, main_guard, show
+from configurator import configure
 from generate import KVCache
 from model import autocast, pick_device, pick_dtype
 from tokenizer import from_spec

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import data
-from configurator import UserError, atomic_write
+from common import UserError, atomic_write
 
 
 # --- the loss, estimated at each evaluation -------------------------------------------------------------

@@ -19,12 +19,15 @@ evaluation score only through it, so every head is compared on the same footing.
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import UserError
+from configurator import check_value
 from heads import HEADS
 
 
@@ -174,12 +177,12 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in every Linear and norm layer, as GPT-2 has them
     # architecture switches, each on its own; the defaults are GPT-2's, the alternatives LLaMA's
-    norm: str = "layernorm"  # 'layernorm' or 'rmsnorm' (rescale only, no centring), for ln_1, ln_2 and ln_f
-    mlp: str = "gelu"  # 'gelu' (4 * n_embd wide) or 'swiglu' (gated, ~8/3 * n_embd wide: the same parameters)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # ln_1, ln_2, ln_f; rmsnorm: rescale only, no centring
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # gelu: 4 * n_embd wide; swiglu: gated, ~8/3 * n_embd (same parameters)
     # swiglu: hidden width rounded up to a multiple of this, for matmul-friendly shapes. LLaMA uses 256 at
     # n_embd 4096 (10,923 -> 11,008, +0.8%); at n_embd 128 that would make 341 into 512, 64 makes it 384
     mlp_multiple: int = 64
-    pos: str = "learned"  # 'learned' (wpe, added to the input) or 'rope' (rotary: q and k rotated in attention)
+    pos: Literal["learned", "rope"] = "learned"  # learned: wpe, added to the input; rope: q and k rotated
     rope_theta: float = 10000.0  # rope: the pairs of a head turn from 1 to ~1/rope_theta radians per position
     # True: each position sees only the past, and its logits predict the *next* token (GPT). False: every
     # position sees the whole sequence, and its logits predict the token *at* that position (a masked language
@@ -191,6 +194,11 @@ class GPTConfig:
     bayes_samples: int = 10  # bayes: weight draws averaged for a prediction
 
     def __post_init__(self):
+        for f in fields(self):  # each value of its type, and one of its choices (Literal), as configure() checks
+            try:
+                check_value(f.name, getattr(self, f.name), f.type)
+            except UserError as e:
+                raise ValueError(str(e)) from None
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose {' or '.join(HEADS)}")
         HEADS[self.head](self)  # the head checks what it needs of the config
@@ -198,10 +206,6 @@ class GPTConfig:
             raise ValueError("bayes_prior_std and bayes_init_std must be > 0 and bayes_samples >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        for key, choices in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu")),
-                             ("pos", ("learned", "rope"))):
-            if getattr(self, key) not in choices:
-                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose {' or '.join(choices)}")
         if self.mlp_multiple < 1 or self.vocab_multiple < 1:
             raise ValueError(f"mlp_multiple and vocab_multiple must be at least 1, got {self.mlp_multiple}, "
                              f"{self.vocab_multiple}")
@@ -241,7 +245,8 @@ class GPT(nn.Module):
         if config.pos == "rope":
             # buffers, not parameters, and not in state_dict (persistent=False): they follow from the config,
             # and checkpoints stay free of tables that only depend on block_size
-            cos, sin = rope_tables(config.n_embd // config.n_head, config.rope_theta, config.block_size)  # (block_size, hs/2)
+            hs = config.n_embd // config.n_head
+            cos, sin = rope_tables(hs, config.rope_theta, config.block_size)  # (block_size, hs/2)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)

@@ -39,7 +39,7 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
-from configurator import UserError, atomic_write, fault_point, main_guard
+from common import UserError, atomic_write, fault_point, main_guard
 from tokenizer import TIKTOKEN_NAMES, BPETokenizer, CharTokenizer, TiktokenTokenizer, cut_text, read_texts, text_files
 
 # Tiny Shakespeare (public domain, 1,115,394 bytes) ships with the repository, so the quickstart and the tests

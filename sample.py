@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from checkpoint import load_model
-from configurator import UserError, configure, main_guard, show
+from common import UserError, main_guard, show
+from configurator import configure
 from generate import fill as fill_masks, stream
 from model import autocast, pick_device, pick_dtype
 from tokenizer import from_spec

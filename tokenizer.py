@@ -38,7 +38,7 @@ import re
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
 
-from configurator import UserError, atomic_write, main_guard
+from common import UserError, atomic_write, main_guard
 
 TIKTOKEN_NAMES = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 

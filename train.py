@@ -17,6 +17,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import data
 from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine_tune_from, from_gpt2, load_checkpoint,
                         restore, restore_dropout_rng, rng_state, save_checkpoint, training_state)
-from configurator import UserError, catch_signals, configure, main_guard, show
+from common import UserError, catch_signals, main_guard, show
+from configurator import configure
 from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
 from model import GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
 
@@ -50,10 +52,10 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-    norm: str = "layernorm"  # 'layernorm' or 'rmsnorm'; these five switches: GPT-2 by default, LLaMA's parts
-    mlp: str = "gelu"  # 'gelu' or 'swiglu' (gated, 2/3 as wide for the same cost)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # these five switches: GPT-2 by default, or LLaMA's parts
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # swiglu: gated, 2/3 as wide for the same cost
     mlp_multiple: int = 64  # swiglu: hidden width rounded up to a multiple of this
-    pos: str = "learned"  # 'learned' (wpe) or 'rope' (rotary positions in attention)
+    pos: Literal["learned", "rope"] = "learned"  # learned: wpe; rope: rotary positions in attention
     rope_theta: float = 10000.0  # rope: base of the rotation frequencies
     head: str = "softmax"  # 'softmax', 'sigmoid' (BCE) or 'bayes' (Gaussian output weights); see heads.py
     bayes_prior_std: float = 1.0  # bayes: prior N(0, std^2) on each output weight
@@ -61,7 +63,7 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
     bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / training tokens
     # optimizer
-    optimizer: str = "adamw"  # 'adamw', or 'muon': torch.optim.Muon for the blocks' weight matrices, AdamW for the rest
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: torch.optim.Muon for the blocks' matrices, AdamW for the rest
     learning_rate: float = 6e-4  # AdamW's peak learning rate
     max_iters: int = 600000
     weight_decay: float = 0.1
@@ -114,8 +116,6 @@ def check(cfg):
             raise UserError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
     if not 0 <= cfg.dropout < 1 or cfg.max_iters < 0 or not (cfg.learning_rate > 0 and cfg.muon_lr > 0):
         raise UserError("dropout must be in [0, 1), max_iters >= 0 and learning_rate, muon_lr > 0")
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
     data.check(cfg, cfg.head in HEADS and HEADS[cfg.head].sets)
     if cfg.objective == "mlm" and (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
         raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
@@ -140,14 +140,14 @@ def get_lr(it, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def set_lr(optimizer, lr):
+def set_lr(optimizers, lr):
     """The schedule's learning rate into every parameter group, scaled for Muon's (lr_scale)."""
-    for group in optimizer.param_groups:
+    for group in (g for o in optimizers for g in o.param_groups):
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor a head's
+    """A list of optimizers: [AdamW], weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor a head's
     own parameters (bayes: rho, sigma = softplus(rho); decaying rho would pull every sigma towards 0.69).
     optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
     orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
@@ -161,33 +161,11 @@ def make_optimizer(model, cfg, device):
     fused = device.startswith("cuda")  # one kernel for the whole update instead of several per tensor
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
     if not matrices:
-        return adamw
+        return [adamw]
     muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay,
                             momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
     muon.param_groups[0]["lr_scale"] = cfg.muon_lr / cfg.learning_rate  # follows the same schedule
-    return Optimizers(adamw, muon)
-
-
-class Optimizers:
-    """Several optimizers as one for the loop, the GradScaler and the checkpoint: one step, one state_dict."""
-
-    def __init__(self, *optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):  # looked up each time: load_state_dict replaces an optimizer's group dicts
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    def step(self):
-        for o in self.optimizers:
-            o.step()
-
-    def zero_grad(self, set_to_none=True):
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):  # loaded by checkpoint.load_optimizer
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+    return [adamw, muon]
 
 
 # --- the training loop ------------------------------------------------------------------------------------
@@ -200,7 +178,7 @@ class Run:
     model: torch.nn.Module  # what a training step calls: compiled and/or wrapped in DDP
     log_probs: object  # what rank 0 evaluates with: raw.log_probs, compiled or not (never DDP, which may wait)
     raw: GPT  # the model itself, whose weights are saved
-    optimizer: torch.optim.Optimizer
+    optimizers: list  # make_optimizer's
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op otherwise
     gen: torch.Generator  # the batch stream: seeded alike on every rank, each takes its own rows
     rank: int
@@ -230,14 +208,14 @@ def setup(cfg, rank, world, device, say):
     if os.path.isfile(cfg.init_from):
         fine_tune_from(model, load_checkpoint(cfg.init_from, device), d.spec)
     say(f"model: {model.num_params() / 1e6:.2f}M parameters")
-    optimizer = make_optimizer(model, cfg, device)
+    optimizers = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
     gen = torch.Generator().manual_seed(cfg.seed)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # dropout masks differ between ranks (rank 0's = one process's)
     progress = Progress()
     if ckpt is not None:
-        progress = restore(ckpt, model, optimizer, scaler, gen, os.path.join(cfg.out_dir, "ckpt.pt"))
+        progress = restore(ckpt, model, optimizers, scaler, gen, os.path.join(cfg.out_dir, "ckpt.pt"))
         if not restore_dropout_rng(ckpt["rng"], rank, world, device) and cfg.dropout > 0:
             say(f"note: the checkpoint was written by another number of processes than this run's {world}: "
                 f"batches continue exactly, dropout masks from fresh seeds")
@@ -247,7 +225,7 @@ def setup(cfg, rank, world, device, say):
     compiled = torch.compile(model) if cfg.compile else model
     wrapped = DDP(compiled, device_ids=[device] if device.startswith("cuda") else None) if world > 1 else compiled
     log_probs = torch.compile(model.log_probs) if cfg.compile else model.log_probs  # a module compiles forward only
-    return Run(cfg, d, wrapped, log_probs, model, optimizer, scaler, gen, rank, world, device,
+    return Run(cfg, d, wrapped, log_probs, model, optimizers, scaler, gen, rank, world, device,
                autocast(device, dtype)), progress
 
 
@@ -259,7 +237,6 @@ def step(r, it, got_signal):
     # window starts (or pieces) for every micro-step of every rank; this rank's are rows rank*gas .. +gas-1
     starts = torch.randint(data.batch_rows(r.d, "train"), (r.world * gas, cfg.batch_size), generator=r.gen)
     loss_sum, kl = torch.zeros((), device=r.device), None
-    nan_at = os.environ.get("NANOGPT_TEST_NAN_AT")  # test hook (tests/test_faults.py): "ITER" or "ITER:RANK"
     for micro in range(gas):
         m = r.rank * gas + micro  # the micro-step's place in the whole step: its rows and its masking seed
         x, y, am = data.get_batch(r.d, "train", starts[m].tolist(), r.device, data.mask_seed(cfg.seed, 0, it, m))
@@ -269,8 +246,6 @@ def step(r, it, got_signal):
             with r.ctx:
                 _, loss = r.model(x, y, am, sets)
                 loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
-                if nan_at in (str(it), f"{it}:{r.rank}"):
-                    loss = loss * float("nan")  # the test hook: as if this step's loss diverged
             loss_sum += loss.detach()
             reg = r.raw.head.regulariser(r.raw) if micro == 0 else None  # bayes: the KL, once per step
             if reg is not None:  # per training token, and logged apart from the loss
@@ -279,7 +254,8 @@ def step(r, it, got_signal):
             r.scaler.scale(loss).backward()
     grad_ok = True
     if cfg.grad_clip > 0:
-        r.scaler.unscale_(r.optimizer)
+        for o in r.optimizers:
+            r.scaler.unscale_(o)
         norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), cfg.grad_clip)
         # an inf gradient under fp16 is the GradScaler's business (it skips the step and lowers the scale)
         grad_ok = r.scaler.is_enabled() or torch.isfinite(norm)
@@ -293,15 +269,17 @@ def step(r, it, got_signal):
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     diverged, interrupted = (bool(f) for f in flags.tolist())
     if not diverged:
-        r.scaler.step(r.optimizer)
+        for o in r.optimizers:  # each skips its step if its gradients overflowed fp16
+            r.scaler.step(o)
         r.scaler.update()
-    r.optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory until the next backward
+    for o in r.optimizers:
+        o.zero_grad(set_to_none=True)  # frees the gradients' memory until the next backward
     return loss_sum, kl, data.count_tokens(r.d, starts), diverged, interrupted
 
 
 def save(r, progress, states, sub=""):
     """out_dir/sub/ckpt.pt with the training state at this iteration; returns the iteration saved."""
-    state = training_state(r.raw, r.optimizer, r.scaler, progress, rng_state(r.gen, states))
+    state = training_state(r.raw, r.optimizers, r.scaler, progress, rng_state(r.gen, states))
     save_checkpoint(os.path.join(r.cfg.out_dir, sub, "ckpt.pt"), state | {"config": asdict(r.cfg), "tokenizer": r.d.spec})
     return progress.iter_num
 
@@ -347,7 +325,7 @@ def train(cfg, rank, world, device, t0, got_signal=None):
     while True:
         it = progress.iter_num
         lr = get_lr(it, cfg)
-        set_lr(r.optimizer, lr)
+        set_lr(r.optimizers, lr)
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != resumed_at:
             t = time.time()
             saved_at = evaluate(r, progress, lr, log, saved_at)

@@ -2,9 +2,9 @@
 a loss that turns nan, a full disk or read-only folder, Ctrl-C/SIGTERM (also under torchrun). After each, the
 last checkpoint loads and resuming from it gives exactly the losses of a run that was never interrupted.
 
-Two test hooks, read from the environment and never set in normal use: NANOGPT_TEST_PAUSE=name makes the
-process sleep at configurator.fault_point(name) (so a kill lands mid-write, deterministically), and
-NANOGPT_TEST_NAN_AT=ITER or ITER:RANK makes train.py's loss at that iteration nan."""
+One test hook, read from the environment and never set in normal use: NANOGPT_TEST_PAUSE=name makes the
+process sleep at common.fault_point(name) (so a kill lands mid-write, deterministically). A nan loss is
+monkeypatched in (nan_at), also under torchrun, through a two-line script that patches train.step."""
 import errno
 import functools
 import json
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import checkpoint
-import configurator
+import common as common_py  # common() below is this file's settings
 import data
 import metrics
 import train
@@ -181,15 +181,31 @@ def test_a_full_disk_during_prepare_data_leaves_the_previous_files_and_no_temp_f
 
 # --- nan -------------------------------------------------------------------------------------------------------
 
+def nan_at(at, rank=None):
+    """train.step, but at iteration `at` (on `rank` alone, if given) the loss is nan: as if training diverged."""
+    step = train.step
+
+    def poisoned(r, it, got_signal):
+        if it != at or rank not in (None, r.rank):
+            return step(r, it, got_signal)
+        real = r.raw.head_loss
+        r.raw.head_loss = lambda *a: real(*a) * float("nan")  # what forward calls, on this model only
+        try:
+            return step(r, it, got_signal)
+        finally:
+            del r.raw.head_loss
+    return poisoned
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, reference, monkeypatch):
     out = str(tmp_path / "out")
-    monkeypatch.setenv("NANOGPT_TEST_NAN_AT", "12")
+    monkeypatch.setattr(train, "step", nan_at(12))
     with pytest.raises(UserError, match=r"not finite at iteration 12: .*ckpt.pt still holds iteration 10"):
         train.main([*common(data_dir), f"--out_dir={out}", f"--max_iters={MAX}"])
     ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["iter_num"] == 10
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    monkeypatch.delenv("NANOGPT_TEST_NAN_AT")
+    monkeypatch.undo()
     resume(data_dir, out)  # the checkpoint is the uninterrupted run's at iteration 10
     assert_same_run(reference, rows(out))
 
@@ -208,10 +224,13 @@ def test_the_fp16_grad_scalers_skipped_steps_do_not_stop_training(data_dir, tmp_
 
 def test_a_nan_on_one_process_stops_every_process_at_that_iteration(data_dir, tmp_path):
     out = str(tmp_path / "out")
-    env = {**os.environ, "NANOGPT_TEST_NAN_AT": "12:1"}  # rank 1 only: rank 0's own loss stays finite
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+    script = tmp_path / "train_nan.py"  # train.py with rank 1's loss nan at step 12; rank 0's own stays finite
+    script.write_text(f"import sys\nsys.path[:0] = [{ROOT!r}, {os.path.dirname(__file__)!r}]\n"
+                      "import train, test_faults\nfrom common import main_guard\n"
+                      "train.step = test_faults.nan_at(12, rank=1)\nmain_guard(train.main)\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            *ddp_common(data_dir), f"--out_dir={out}", "--max_iters=30"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
     assert "error: the loss (or its gradient) is not finite at iteration 12 on some process" in r.stderr
     assert "Traceback" not in r.stderr.split("distributed/elastic")[0]  # after that: torchrun's own report
@@ -256,7 +275,7 @@ def test_a_read_only_out_dir_is_refused_before_training(data_dir, tmp_path, monk
             if str(path).startswith(str(out)) and any(c in mode for c in "wax+"):
                 raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
             return real_open(path, mode, *a, **k)
-        for module in (metrics, configurator):  # the files that open a run's files for writing, nobody else's
+        for module in (metrics, common_py):  # the files that open a run's files for writing, nobody else's
             monkeypatch.setattr(module, "open", read_only_open, raising=False)
     except PermissionError:
         pass  # not root: the chmod itself makes the folder read-only

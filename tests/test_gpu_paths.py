@@ -44,7 +44,7 @@ def test_a_resumed_optimizer_keeps_this_runs_fused_setting():
     unfused.step()
     saved = unfused.state_dict()
     fused = torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True)  # this run's: fused, as on a GPU
-    checkpoint.load_optimizer(fused, saved)
+    checkpoint.load_optimizer([fused], saved)
     assert fused.param_groups[0]["fused"] is True and len(fused.state) == len(unfused.state)
     unfused.load_state_dict(saved)
     before = [p.detach().clone() for p in m.parameters()]

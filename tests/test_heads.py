@@ -248,9 +248,9 @@ def test_rho_and_bias_are_not_weight_decayed():
         m = small(head)
         opt = train.make_optimizer(m, cfg, "cpu")
         param = getattr(m, name)
-        group = next(g for g in opt.param_groups if any(p is param for p in g["params"]))
+        group = next(g for o in opt for g in o.param_groups if any(p is param for p in g["params"]))
         assert group["weight_decay"] == 0.0
-    assert any(p is m.lm_head.weight for p in opt.param_groups[0]["params"])
+    assert any(p is m.lm_head.weight for p in opt[0].param_groups[0]["params"])
 
 
 @pytest.mark.parametrize("head", ["sigmoid", "bayes"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import ROOT, run_script
-import configurator
+import common
 from configurator import configure
 
 
@@ -35,6 +35,8 @@ def entries(text):
 
 
 def type_name(hint):
+    if typing.get_origin(hint) is typing.Literal:  # the choices
+        return " | ".join(map(repr, typing.get_args(hint)))
     return str(hint) if isinstance(hint, type(int | None)) else hint.__name__
 
 
@@ -146,7 +148,7 @@ def test_help_shows_what_the_arguments_before_it_set(tmp_path, capsys, monkeypat
     assert entries(text)[0]["n_layer"][1:3] == ("12", "")
     assert max(len(line) for line in text.splitlines()) <= 100
     script = os.path.basename(sys.argv[0])
-    assert configurator.usage(Cfg).splitlines()[0] == f"usage: python {script} [config.py ...] [--key=value ...]"
+    assert common.usage(Cfg).splitlines()[0] == f"usage: python {script} [config.py ...] [--key=value ...]"
 
 
 def test_train_help_after_a_config_file_shows_its_values_and_trains_nothing(tmp_path):

@@ -19,7 +19,7 @@ MUON = ["--optimizer=muon", "--muon_lr=0.01"]
 def test_every_parameter_goes_to_exactly_one_optimizer(arch):
     m = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, **arch))
     opt = train.make_optimizer(m, train.TrainConfig(optimizer="muon"), "cpu")
-    adamw, muon = opt.optimizers
+    adamw, muon = opt
     assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
     names = {id(p): n for n, p in m.named_parameters()}
     got = {o: [names[id(p)] for g in o.param_groups for p in g["params"]] for o in (adamw, muon)}
@@ -34,13 +34,13 @@ def test_every_parameter_goes_to_exactly_one_optimizer(arch):
     cfg = train.TrainConfig(optimizer="muon", learning_rate=1e-3, muon_lr=0.02, warmup_iters=10)
     opt = train.make_optimizer(m, cfg, "cpu")
     train.set_lr(opt, train.get_lr(3, cfg))
-    assert opt.optimizers[0].param_groups[0]["lr"] == train.get_lr(3, cfg)
-    assert opt.optimizers[1].param_groups[0]["lr"] == pytest.approx(train.get_lr(3, cfg) * 20)
+    assert opt[0].param_groups[0]["lr"] == train.get_lr(3, cfg)
+    assert opt[1].param_groups[0]["lr"] == pytest.approx(train.get_lr(3, cfg) * 20)
 
 
 def test_adamw_alone_is_unchanged():
     m = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
-    assert isinstance(train.make_optimizer(m, train.TrainConfig(), "cpu"), torch.optim.AdamW)
+    assert [type(o) for o in train.make_optimizer(m, train.TrainConfig(), "cpu")] == [torch.optim.AdamW]
 
 
 def test_muon_trains_and_resumes_bit_for_bit(data_dir, tmp_path):
@@ -88,5 +88,5 @@ def test_a_resumed_run_takes_this_runs_muon_lr(data_dir, tmp_path):
     m = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
     opt = train.make_optimizer(m, cfg, "cpu")
     checkpoint.load_optimizer(opt, torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["optimizer"])
-    assert opt.optimizers[1].param_groups[0]["lr_scale"] == pytest.approx(0.05 / cfg.learning_rate)
-    assert len(opt.optimizers[1].state) == 8  # the saved momentum buffers, one per matrix
+    assert opt[1].param_groups[0]["lr_scale"] == pytest.approx(0.05 / cfg.learning_rate)
+    assert len(opt[1].state) == 8  # the saved momentum buffers, one per matrix
