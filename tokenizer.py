@@ -8,7 +8,7 @@ behind one interface (`encode`, `decode`, `vocab_size`, `to_spec`):
   long sequences; perfect for learning and for CPU-sized models.
 - BPETokenizer: byte-level byte-pair encoding trained here, from scratch, on your own text, the way GPT-2's and
   GPT-4's tokenizers were made. Its trainer keeps pair counts up to date incrementally, so it trains a
-  4,096-token vocabulary on Tiny Shakespeare in well under a second of pure Python (read `_learn_merges`).
+  4,096-token vocabulary on Tiny Shakespeare in well under a second of pure Python (read `learn_merges`, beside its plain reference `learn_merges_plain`).
 - TiktokenTokenizer: OpenAI's byte-level BPE vocabularies (gpt2, cl100k_base, o200k_base) through the
   `tiktoken` library: ~4 characters per token, the tokenizer real GPT-2 was trained with.
 
@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import re
+from dataclasses import dataclass, field
 
 import regex  # like `re`, plus the Unicode classes (\p{L} letters, \p{N} numbers) that the split patterns use
 
@@ -218,93 +219,136 @@ def count_chunks(texts, pattern, specials, workers, bar):
     return counts
 
 
-def _learn_merges(chunk_counts, n_tokens, bar):
-    """The BPE training loop: merge the most frequent adjacent pair until there are `n_tokens` tokens.
+def learn_merges_plain(chunk_counts, n_tokens):
+    """The textbook trainer, the reference for learn_merges below (same merges: tests/test_bpe.py): recount every
+    pair of every word after every merge. Slow (a pass over all words per merge), and plain to check.
+    chunk_counts: chunk -> occurrences; returns the merges, in order, as (left_id, right_id) pairs."""
+    words = [list(_utf8(c)) for c in chunk_counts]  # each distinct chunk once, weighted by how often it occurs
+    vocab, merges = [bytes([i]) for i in range(256)], []
+    while len(vocab) < n_tokens:
+        pairs = collections.Counter()
+        for w, n in zip(words, chunk_counts.values()):
+            for p in zip(w, w[1:]):
+                pairs[p] += n
+        if not pairs:
+            break
+        pair = min(pairs, key=lambda p: (-pairs[p], p))  # the highest count; ties: the smallest pair
+        merges.append(pair)
+        joined = vocab[pair[0]] + vocab[pair[1]]
+        new = vocab.index(joined) if joined in vocab else len(vocab)  # bytes already a token: reuse its id
+        if new == len(vocab):
+            vocab.append(joined)
+        for k, w in enumerate(words):
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[k] = out
+    return merges
 
-    Ties: the highest count wins; among equal counts the pair with the smallest (left_id, right_id). That rule
-    makes training reproducible and checkable against a naive trainer (see tests/test_bpe.py).
 
-    Returns the merges, in order, as (left_id, right_id) pairs. Merge k normally creates token 256 + k. If its
-    bytes happen to equal an existing token's (possible in principle, not seen in practice), the merge reuses
-    that token's id, so every token's bytes are distinct, as tiktoken requires.
-    """
-    words = [list(_utf8(c)) for c in chunk_counts]  # each distinct chunk as a list of token ids
-    counts = list(chunk_counts.values())  # ... and how often it occurs in the text
-    # pairs: (left, right) -> occurrences in the text; where: pair -> indices of the words that contain it.
-    # `where` may list a word that no longer contains the pair (a merge removed it): the merge below just finds
-    # nothing there. It is never missing a word that does.
-    pairs, where = collections.defaultdict(int), collections.defaultdict(list)
-    for i, (w, n) in enumerate(zip(words, counts)):
+@dataclass
+class _Counts:
+    """The fast trainer's state: the words, and each adjacent pair's count, kept up to date merge by merge."""
+    words: list  # each distinct chunk as a list of token ids
+    weights: list  # ... and how often it occurs in the text
+    # (left, right) -> occurrences in the text
+    pairs: collections.defaultdict = field(default_factory=lambda: collections.defaultdict(int))
+    # pair -> indices of the words that contain it. It may list a word that no longer contains the pair (a merge
+    # removed it): merging just finds nothing there. It is never missing a word that does.
+    where: collections.defaultdict = field(default_factory=lambda: collections.defaultdict(list))
+
+    def add(self, p, i, n):
+        self.pairs[p] += n
+        if not self.where[p] or self.where[p][-1] != i:
+            self.where[p].append(i)
+
+
+def learn_merges(chunk_counts, n_tokens, bar):
+    """Same merges as learn_merges_plain: the most frequent adjacent pair until there are `n_tokens` tokens,
+    ties to the smallest (left_id, right_id). Merge k normally creates token 256 + k; if its bytes equal an
+    existing token's (possible in principle, not seen in practice) it reuses that id, so every token's bytes are
+    distinct, as tiktoken requires. What it saves: a merge touches only the words that contain its pair and the
+    counts of its neighbours (incremental pair counts), and a heap finds the next pair without a scan."""
+    c = _Counts([list(_utf8(w)) for w in chunk_counts], list(chunk_counts.values()))
+    for i, (w, n) in enumerate(zip(c.words, c.weights)):
         for p in zip(w, w[1:]):
-            pairs[p] += n
-            if not where[p] or where[p][-1] != i:
-                where[p].append(i)
+            c.add(p, i, n)
     # A max-heap of (-count, pair): popping gives the highest count, ties to the smallest pair (tuple order).
     # Counts change after every merge, and a heap cannot update an entry in place. So entries go stale and are
     # checked when popped ("lazy invalidation"): an entry whose count is out of date is pushed again with the
     # current count. This is exact because of one invariant: every pair's heap entry holds a count >= its true
     # count. A merge only lowers the counts of existing pairs, and every pair it raises (those containing the
     # new token) is pushed with its new count. So the first up-to-date entry popped is the true maximum.
-    heap = [(-n, p) for p, n in pairs.items()]
+    heap = [(-n, p) for p, n in c.pairs.items()]
     heapq.heapify(heap)
     vocab = [bytes([i]) for i in range(256)]  # id -> bytes
     ids = {b: i for i, b in enumerate(vocab)}  # bytes -> id
     merges = []
     while len(vocab) < n_tokens and heap:
         neg, pair = heapq.heappop(heap)
-        n = pairs.get(pair, 0)
+        n = c.pairs.get(pair, 0)
         if n <= 0:
             continue
         if n != -neg:  # stale: its count fell since it was pushed
             heapq.heappush(heap, (-n, pair))
             continue
-        a, b = pair
-        new = ids.setdefault(vocab[a] + vocab[b], len(vocab))
+        new = ids.setdefault(vocab[pair[0]] + vocab[pair[1]], len(vocab))
         if new == len(vocab):
-            vocab.append(vocab[a] + vocab[b])
+            vocab.append(vocab[pair[0]] + vocab[pair[1]])
         merges.append(pair)
-        # Replace a, b by `new` in every word that contains the pair, and fix the counts of the neighbours:
-        # in  ... x a b y ...  (word weight n) the pairs (x,a) and (b,y) lose n, (x,new) and (new,y) gain n.
-        # Two occurrences back to back ("a b a b") share a neighbour: the (b,a) between them is removed once,
-        # and (new,new) is added once, by the second occurrence. Nothing else in the word changes.
-        raised = set()
-        for i in where.pop(pair):
-            w, n = words[i], counts[i]
-            out, j, joined, end = [], 0, False, len(w)  # joined: out[-1] was made by this merge
-            while j < end:
-                if w[j] != a or j + 1 == end or w[j + 1] != b:
-                    out.append(w[j])
-                    joined = False
-                    j += 1
-                    continue
-                if out:  # left neighbour
-                    x = out[-1]
-                    if not joined:
-                        pairs[x, a] -= n
-                    q = (x, new)
+        for q in _merge(c, pair, new):
+            heapq.heappush(heap, (-c.pairs[q], q))
+        if len(merges) % 256 == 0:
+            bar.update(256)
+    return merges
+
+
+def _merge(c, pair, new):
+    """Replace a, b by `new` in every word that contains the pair and fix the counts of the neighbours: in
+    ... x a b y ...  (word weight n) the pairs (x,a) and (b,y) lose n, (x,new) and (new,y) gain n. Two
+    occurrences back to back ("a b a b") share a neighbour: the (b,a) between them is removed once, and
+    (new,new) is added once, by the second occurrence. Nothing else in a word changes. Returns the pairs
+    whose counts rose."""
+    (a, b), pairs, where, raised = pair, c.pairs, c.where, set()
+    for i in where.pop(pair):
+        w, n = c.words[i], c.weights[i]
+        out, j, joined, end = [], 0, False, len(w)  # joined: out[-1] was made by this merge
+        while j < end:
+            if w[j] != a or j + 1 == end or w[j + 1] != b:
+                out.append(w[j])
+                joined = False
+                j += 1
+                continue
+            # the neighbours' gains are c.add written out twice: this is the trainer's innermost loop
+            if out:  # left neighbour
+                x = out[-1]
+                if not joined:
+                    pairs[x, a] -= n
+                q = (x, new)
+                pairs[q] += n
+                raised.add(q)
+                if not where[q] or where[q][-1] != i:
+                    where[q].append(i)
+            if j + 2 < end:  # right neighbour (unless it starts the next occurrence, which adds it)
+                y = w[j + 2]
+                pairs[b, y] -= n
+                if y != a or j + 3 == end or w[j + 3] != b:
+                    q = (new, y)
                     pairs[q] += n
                     raised.add(q)
                     if not where[q] or where[q][-1] != i:
                         where[q].append(i)
-                if j + 2 < end:  # right neighbour (unless it starts the next occurrence, which adds it)
-                    y = w[j + 2]
-                    pairs[b, y] -= n
-                    if y != a or j + 3 == end or w[j + 3] != b:
-                        q = (new, y)
-                        pairs[q] += n
-                        raised.add(q)
-                        if not where[q] or where[q][-1] != i:
-                            where[q].append(i)
-                out.append(new)
-                joined = True
-                j += 2
-            words[i] = out
-        del pairs[pair]  # every occurrence is gone (left-to-right replacement leaves no a-b neighbours)
-        for q in raised:
-            heapq.heappush(heap, (-pairs[q], q))
-        if len(merges) % 256 == 0:
-            bar.update(256)
-    return merges
+            out.append(new)
+            joined = True
+            j += 2
+        c.words[i] = out
+    del pairs[pair]  # every occurrence is gone (left-to-right replacement leaves no a-b neighbours)
+    return raised
 
 
 class BPETokenizer:
@@ -360,7 +404,7 @@ class BPETokenizer:
         with tqdm(total=total, desc="counting chunks", unit="char", unit_scale=True, disable=not show) as bar:
             counts = count_chunks(texts, PATTERNS.get(pattern, pattern), special_tokens, workers, bar)
         with tqdm(total=n_tokens - 256, desc="merging", unit="merge", disable=not show) as bar:
-            merges = _learn_merges(counts, n_tokens, bar)
+            merges = learn_merges(counts, n_tokens, bar)
             bar.update(bar.total - bar.n)
         return cls(merges, pattern, special_tokens)
 

@@ -17,40 +17,13 @@ EOT = "<|endoftext|>"
 
 
 def naive_train(text, vocab_size, pattern="gpt4", specials=()):
-    """The textbook trainer: recount every pair of every chunk after every merge. Same tie rule (highest count,
-    then smallest pair), same vocab_size accounting, same handling of a merge whose bytes already exist."""
+    """Chunk the text here, then train with tokenizer.learn_merges_plain, the textbook trainer (recount every pair
+    after every merge), with the same vocab_size accounting as BPETokenizer.train."""
     for s in specials:
         text = text.replace(s, "\0")  # special-token strings are never trained on; \0 splits like they do
     rx = PATTERNS.get(pattern, pattern)
     chunks = collections.Counter(c for part in text.split("\0") for c in regex.findall(rx, part))
-    words = [list(c.encode("utf-8")) for c in chunks]  # each distinct chunk once, weighted by its count
-    weights = list(chunks.values())
-    vocab = [bytes([i]) for i in range(256)]
-    merges = []
-    while len(vocab) < vocab_size - len(specials):
-        counts = collections.Counter()
-        for w, n in zip(words, weights):
-            for p in zip(w, w[1:]):
-                counts[p] += n
-        if not counts:
-            break
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(pair)
-        joined = vocab[pair[0]] + vocab[pair[1]]
-        new = vocab.index(joined) if joined in vocab else len(vocab)
-        if new == len(vocab):
-            vocab.append(joined)
-        for k, w in enumerate(words):
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            words[k] = out
-    return merges
+    return tokenizer.learn_merges_plain(chunks, vocab_size - len(specials))
 
 
 def random_unicode(seed, n_words=3000):
