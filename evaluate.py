@@ -423,6 +423,19 @@ def read_split(folder, split):
     return meta, data
 
 
+def check_members(members, ckpts, models):
+    """An ensemble's members must read the same tokens: the same data, objective, batching and shapes."""
+    first, model = ckpts[0].get("config", {}), models[0]
+    for d, c, m in zip(members, ckpts, models):
+        theirs = c.get("config", {})
+        for key in ("dataset", "objective", "batching"):
+            if theirs.get(key) != first.get(key):
+                raise UserError(f"{d} was trained with {key}={theirs.get(key)!r}, {members[0]} with "
+                                f"{first.get(key)!r}: an ensemble's members must share their data")
+        if (m.config.vocab_size, m.config.block_size) != (model.config.vocab_size, model.config.block_size):
+            raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
+
+
 def run(cfg, members=None):
     """Evaluate out_dir's checkpoint, or with members (run folders) their ensemble, written to out_dir."""
     check(cfg)
@@ -435,14 +448,8 @@ def run(cfg, members=None):
     models = [build_model(c, d).eval().to(device) for c, d in zip(ckpts, members or [cfg.out_dir])]
     model, ckpt = models[0], ckpts[0]
     tcfg = ckpt.get("config", {})
-    for d, c, m in zip(members or [], ckpts, models):  # an ensemble's members must read the same tokens
-        theirs = c.get("config", {})
-        for key in ("dataset", "objective", "batching"):
-            if theirs.get(key) != tcfg.get(key):
-                raise UserError(f"{d} was trained with {key}={theirs.get(key)!r}, {members[0]} with "
-                                f"{tcfg.get(key)!r}: an ensemble's members must share their data")
-        if (m.config.vocab_size, m.config.block_size) != (model.config.vocab_size, model.config.block_size):
-            raise UserError(f"{d} and {members[0]} differ in vocab_size or block_size")
+    if members:
+        check_members(members, ckpts, models)
     tc = saved_config(tcfg, os.path.join(members[0] if members else cfg.out_dir, "ckpt.pt"))
     folder = os.path.join(cfg.data_dir or tc.data_dir, tcfg.get("dataset", ""))
     meta, data = read_split(folder, cfg.split)
