@@ -2,7 +2,7 @@
 Token files to batches: everything between prepare_data.py's files and the model's input.
 
     load(cfg) -> Data: meta.json and the memory-mapped splits, checked; what the objective adds
-    get_batch(d, split, rows, device, seed) -> x, y (B, T) and the attention mask (B, T) or None
+    get_batch(d, split, rows, device, seed) -> Batch: x, y (B, T), the attention mask, the target sets
 
 What is learned, from what batches (the settings are DataConfig's):
 - objective='clm' (GPT): the next token at every position. objective='mlm' (BERT): 15% of the positions chosen,
@@ -99,11 +99,7 @@ def check(cfg, sets):
 def load(cfg):
     """The run's Data, after checking the files against meta.json and the settings against the data."""
     meta, splits, folder = load_splits(cfg)
-    if cfg.train_fraction < 1 or cfg.train_noise:
-        splits["train"] = degrade(splits["train"], cfg.train_fraction, cfg.train_noise, meta["vocab_size"])
-        if len(splits["train"]) <= cfg.block_size:
-            raise UserError(f"train_fraction={cfg.train_fraction} leaves {len(splits['train'])} training tokens, "
-                            f"fewer than block_size+1 ({cfg.block_size + 1})")
+    splits, starts = variants(cfg, splits, meta)  # the studies' less, noisier or leaky text (at the bottom)
     spec, vocab, mlm = meta["tokenizer"], meta["vocab_size"], None
     if cfg.objective == "mlm":
         spec, mlm = mlm_setup(meta, cfg)
@@ -114,9 +110,6 @@ def load(cfg):
             pieces[split] = line_pieces(data, meta, cfg.objective, cfg.block_size)
             if not len(pieces[split]):
                 raise UserError(f"the {split} split has no document of 2 tokens or more for batching='lines'")
-    starts = {}
-    if cfg.split_by == "windows":
-        splits, starts = window_split(splits, cfg.block_size)
     table = ngram_table(splits["train"], cfg.ngram_k, vocab) if cfg.sigmoid_targets == "ngram" else None
     return Data(cfg, folder, meta, splits, spec, vocab, mlm, pieces, table, starts)
 
@@ -199,43 +192,6 @@ def open_split(folder, meta, split):
     return data
 
 
-NOISE_SEED = 0  # every run sees the same noisy tokens, whatever its own seed
-
-
-def degrade(data, fraction, noise, vocab_size):
-    """The first `fraction` of a split, with round(noise * n) of its n tokens, at random places, replaced by ids
-    drawn uniformly from the vocabulary (1 in vocab_size of them draws the id it replaces). Noise makes a copy
-    in memory; a fraction alone stays a view of the memory-mapped file."""
-    data = data[:int(len(data) * fraction)]
-    if noise:
-        rng = np.random.default_rng(NOISE_SEED)
-        data = np.array(data)
-        where = rng.choice(len(data), size=round(noise * len(data)), replace=False)
-        data[where] = rng.integers(0, vocab_size, size=len(where), dtype=data.dtype)
-    return data
-
-
-SPLIT_SEED = 0
-WINDOW_SPLIT_MAX_TOKENS = 200_000_000  # the whole text is read into memory
-
-
-def window_split(splits, block_size):
-    """split_by='windows': train and val joined into one text, and its windows of block_size + 1 tokens (one
-    starting at every token) dealt at random between the splits, val getting its share of the text: a random
-    split of a dataset of overlapping windows. It leaks: a val window's neighbours, starting a token or two
-    before or after it and holding all but a token or two of its text, are nearly all train windows, so the
-    val loss measures memory of trained text. -> ({split: the joined text}, {split: its window starts})."""
-    n_val = len(splits["val"])
-    if len(splits["train"]) + n_val > WINDOW_SPLIT_MAX_TOKENS:
-        raise UserError(f"split_by='windows' reads the whole text into memory; it is for small texts "
-                        f"(at most {WINDOW_SPLIT_MAX_TOKENS:,} tokens)")
-    text = np.concatenate([splits["train"], splits["val"]])
-    n = len(text) - block_size  # windows [i, i + block_size]
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    k = round(n * n_val / len(text))
-    return {"train": text, "val": text}, {"train": np.sort(order[k:]), "val": np.sort(order[:k])}
-
-
 def check_ids(data, vocab_size, path, chunk=1 << 26):
     """Refuse tokens `data` (a split, or a part of one) holding an id the vocabulary lacks (a corrupt file, or
     one from another tokenizer): it would index past the embedding table, a crash on CPU and a device-side
@@ -261,11 +217,20 @@ def batch_ids_ok(d, split, tokens, starts):
 
 # --- batches ------------------------------------------------------------------------------------------------
 
+@dataclass
+class Batch:
+    """One micro-batch: what the model's forward takes, model(b.x, b.y, b.mask, b.sets)."""
+    x: torch.Tensor  # (B, T) input ids
+    y: torch.Tensor  # (B, T) targets, -1 where nothing is predicted
+    mask: torch.Tensor | None = None  # (B, T) attention mask, true at real tokens; None: nothing is padded
+    sets: tuple | None = None  # sigmoid_targets='ngram' (train split): each target's right answers (step_sets)
+
+
 def get_batch(d, split, ix, device, seed=0):
-    """One micro-batch of the split: x, y (B, T) and the attention mask (B, T), None when nothing is padded.
-    ix: window starts, x = tokens [i, i+T) and y = the next tokens [i+1, i+T+1) (batching='packed'), or rows
-    of the split's pieces (batching='lines', piece_batch). For objective='mlm', x is masked with the seed and y
-    holds the masked-out tokens (mask_tokens)."""
+    """One micro-batch of the split, a Batch. ix: window starts, x = tokens [i, i+T) and y = the next tokens
+    [i+1, i+T+1) (batching='packed'), or rows of the split's pieces (batching='lines', piece_batch); the mask
+    is None when nothing is padded. For objective='mlm', x is masked with the seed and y holds the masked-out
+    tokens (mask_tokens)."""
     data, pieces, T = d.splits[split], d.pieces.get(split), d.cfg.block_size
     if split in d.starts:  # split_by='windows': ix are rows of the split's window starts
         ix = d.starts[split][ix]
@@ -281,7 +246,8 @@ def get_batch(d, split, ix, device, seed=0):
         batch_ids_ok(d, split, y.clamp_min(0).numpy(), starts + (d.cfg.objective == "clm"))
     if d.mlm is not None:
         x, y = mask_tokens(x, real, torch.Generator().manual_seed(seed), d.mlm)
-    return to_device(x, device), to_device(y, device), to_device(real, device)
+    sets = step_sets(d, ix, device) if split == "train" else None
+    return Batch(to_device(x, device), to_device(y, device), to_device(real, device), sets)
 
 
 def batch_rows(d, split):
@@ -473,10 +439,62 @@ def target_sets(table, data, pos, k, vocab_size):
 
 
 def step_sets(d, starts, device):
-    """The ngram target sets of one micro-batch drawn at window starts (B,): the targets sit at start + 1 ..
-    start + block_size of the train split. None unless sigmoid_targets='ngram'."""
+    """The ngram target sets of a train micro-batch drawn at window starts (B,): the targets sit at start + 1
+    .. start + block_size of the train split. None unless sigmoid_targets='ngram'."""
     if d.table is None:
         return None
-    pos = starts.numpy()[:, None] + 1 + np.arange(d.cfg.block_size)
+    pos = np.asarray(starts, dtype=np.int64)[:, None] + 1 + np.arange(d.cfg.block_size)
     return tuple(to_device(t, device) for t in target_sets(d.table, d.splits["train"], pos, d.cfg.ngram_k,
                                                            d.vocab_size))
+
+
+# --- the studies' variants: less or noisier training text, the leaky split --------------------------------------
+
+def variants(cfg, splits, meta):
+    """(splits, {split: window starts}) after train_fraction, train_noise (degrade) and split_by='windows'
+    (window_split); the splits as they were and no starts when none is set. check() refuses mixing them."""
+    if cfg.train_fraction < 1 or cfg.train_noise:
+        splits = splits | {"train": degrade(splits["train"], cfg.train_fraction, cfg.train_noise, meta["vocab_size"])}
+        if len(splits["train"]) <= cfg.block_size:
+            raise UserError(f"train_fraction={cfg.train_fraction} leaves {len(splits['train'])} training tokens, "
+                            f"fewer than block_size+1 ({cfg.block_size + 1})")
+    if cfg.split_by == "windows":
+        return window_split(splits, cfg.block_size)
+    return splits, {}
+
+
+NOISE_SEED = 0  # every run sees the same noisy tokens, whatever its own seed
+
+
+def degrade(data, fraction, noise, vocab_size):
+    """The first `fraction` of a split, with round(noise * n) of its n tokens, at random places, replaced by ids
+    drawn uniformly from the vocabulary (1 in vocab_size of them draws the id it replaces). Noise makes a copy
+    in memory; a fraction alone stays a view of the memory-mapped file."""
+    data = data[:int(len(data) * fraction)]
+    if noise:
+        rng = np.random.default_rng(NOISE_SEED)
+        data = np.array(data)
+        where = rng.choice(len(data), size=round(noise * len(data)), replace=False)
+        data[where] = rng.integers(0, vocab_size, size=len(where), dtype=data.dtype)
+    return data
+
+
+SPLIT_SEED = 0
+WINDOW_SPLIT_MAX_TOKENS = 200_000_000  # the whole text is read into memory
+
+
+def window_split(splits, block_size):
+    """split_by='windows': train and val joined into one text, and its windows of block_size + 1 tokens (one
+    starting at every token) dealt at random between the splits, val getting its share of the text: a random
+    split of a dataset of overlapping windows. It leaks: a val window's neighbours, starting a token or two
+    before or after it and holding all but a token or two of its text, are nearly all train windows, so the
+    val loss measures memory of trained text. -> ({split: the joined text}, {split: its window starts})."""
+    n_val = len(splits["val"])
+    if len(splits["train"]) + n_val > WINDOW_SPLIT_MAX_TOKENS:
+        raise UserError(f"split_by='windows' reads the whole text into memory; it is for small texts "
+                        f"(at most {WINDOW_SPLIT_MAX_TOKENS:,} tokens)")
+    text = np.concatenate([splits["train"], splits["val"]])
+    n = len(text) - block_size  # windows [i, i + block_size]
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    k = round(n * n_val / len(text))
+    return {"train": text, "val": text}, {"train": np.sort(order[k:]), "val": np.sort(order[:k])}

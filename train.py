@@ -239,12 +239,11 @@ def step(r, it, got_signal):
     loss_sum, kl = torch.zeros((), device=r.device), None
     for micro in range(gas):
         m = r.rank * gas + micro  # the micro-step's place in the whole step: its rows and its masking seed
-        x, y, am = data.get_batch(r.d, "train", starts[m].tolist(), r.device, data.mask_seed(cfg.seed, 0, it, m))
-        sets = data.step_sets(r.d, starts[m], r.device)
+        b = data.get_batch(r.d, "train", starts[m].tolist(), r.device, data.mask_seed(cfg.seed, 0, it, m))
         # DDP averages gradients across ranks during backward; only the last micro-step needs it
         with nullcontext() if r.world == 1 or micro == gas - 1 else r.model.no_sync():
             with r.ctx:
-                _, loss = r.model(x, y, am, sets)
+                _, loss = r.model(b.x, b.y, b.mask, b.sets)
                 loss = loss / gas  # the sum over micro-steps (and DDP's mean over ranks) is the batch mean
             loss_sum += loss.detach()
             reg = r.raw.head.regulariser(r.raw) if micro == 0 else None  # bayes: the KL, once per step
