@@ -53,6 +53,7 @@ import statistics
 import sys
 import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -63,7 +64,8 @@ from common import UserError, atomic_write, main_guard
 from configurator import configure
 from data import (MLM_TOKENS, check_ids, line_pieces, mask_tokens, mlm_setup, ngram_table, open_split, piece_batch,
                   read_meta, saved_config, target_sets)
-from model import GPTConfig, autocast, pick_device, pick_dtype
+from metrics import pyplot
+from model import Dtype, GPTConfig, autocast, pick_device, pick_dtype
 from tokenizer import from_spec
 
 BINS = 15
@@ -73,7 +75,7 @@ TEMPERATURES = np.exp(np.linspace(math.log(0.25), math.log(4.0), 97))  # the gri
 @dataclass
 class EvalConfig:
     out_dir: str = "out-shakespeare-char"  # where train.py wrote ckpt.pt
-    split: str = "val"
+    split: Literal["train", "val"] = "val"
     data_dir: str = ""  # default: the one the checkpoint was trained from
     max_tokens: int = 0  # 0: the whole split
     batch_size: int = 16  # windows per forward pass
@@ -83,7 +85,7 @@ class EvalConfig:
     shift: bool = True  # also score shifted text (see above; causal models on windows of text only)
     seed: int = 1337  # weight draws, masking and the shifted text
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
 
 
 def windows(data, block_size, max_tokens):
@@ -361,9 +363,7 @@ def shift_scores(models, data, tok, x, cfg, ctx, device):
 
 def shift_plot(per_window, with_mi, path, title):
     """Histograms of the per-window scores, clean against each shift."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     panels = [(0, "mean predictive entropy (nats)")] + ([(1, "mean mutual information (nats)")] if with_mi else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     for ax, (k, label) in zip(axes[0], panels):
@@ -381,9 +381,7 @@ def shift_plot(per_window, with_mi, path, title):
 
 
 def reliability_plot(named_bins, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     for name, bins in named_bins:
@@ -399,8 +397,6 @@ def reliability_plot(named_bins, path):
 
 def check(cfg):
     """Refuse settings that cannot work, before anything is loaded."""
-    if cfg.split not in ("train", "val"):
-        raise UserError(f"split must be train or val, got {cfg.split!r}")
     if cfg.batch_size < 1 or cfg.max_tokens < 0 or cfg.set_k < -1 or cfg.seed < 0:
         raise UserError("batch_size must be at least 1, max_tokens and seed >= 0, and set_k >= -1")
     counts = cfg.bayes_sample_counts.replace(",", " ").split()
@@ -440,10 +436,7 @@ def run(cfg, members=None):
     """Evaluate out_dir's checkpoint, or with members (run folders) their ensemble, written to out_dir."""
     check(cfg)
     device = pick_device(cfg.device)
-    try:
-        ctx = autocast(device, pick_dtype(cfg.dtype, device))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    ctx = autocast(device, pick_dtype(cfg.dtype, device))
     ckpts = [load_checkpoint(os.path.join(d, "ckpt.pt"), device) for d in members or [cfg.out_dir]]
     models = [build_model(c, d).eval().to(device) for c, d in zip(ckpts, members or [cfg.out_dir])]
     model, ckpt = models[0], ckpts[0]
@@ -600,9 +593,7 @@ def compare(dirs, out="compare", metrics=DEFAULT_METRICS):
                 cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}{mark}")
         print(f"| {head} | {len(rs)} | {' | '.join(cells)} |")
     print(f"\n* : the mean differs from {ref[0]['name']}'s by more than twice the larger std over seeds")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {h: f"C{i}" for i, h in enumerate(groups)}
     for r in runs:  # from the second evaluation on: the loss at init would squash the scale

@@ -38,7 +38,7 @@ from checkpoint import load_model
 from common import UserError, atomic_write, main_guard, show
 from configurator import configure
 from generate import KVCache
-from model import autocast, pick_device, pick_dtype
+from model import Dtype, autocast, pick_device, pick_dtype
 from tokenizer import from_spec
 
 # the validation split as its authors publish it; the sha256 and size are those that HuggingFace datasets
@@ -60,17 +60,13 @@ class HellaSwagConfig:
     # out_dir for a checkpoint and out-NAME for init_from=NAME (out-gpt2 for gpt2)
     seed: int = 1337  # bayes: its weight draws
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
 
 
 def check(cfg):
     if cfg.max_examples is not None and cfg.max_examples < 1 or cfg.seed < 0:
         raise UserError(f"max_examples must be at least 1 (or None for all) and seed >= 0, got {cfg.max_examples} "
                         f"and {cfg.seed}")
-    try:
-        pick_dtype(cfg.dtype, "cpu")
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 # --- the data -----------------------------------------------------------------------------------------------

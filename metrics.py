@@ -116,11 +116,17 @@ def open_wandb(cfg):
     return wandb.init(project=cfg.wandb_project, name=name, config=asdict(cfg))
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display needed); imported when the first plot is drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot_curves(metrics_path, png_path):
     """The loss and learning-rate curves of metrics.jsonl, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     rows = [json.loads(line) for line in open(metrics_path)]
     train, evals = [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 1))

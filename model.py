@@ -382,6 +382,9 @@ def pick_device(name):
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # the scripts' dtype setting
+
+
 def pick_dtype(name, device):
     """'auto': bfloat16 on a GPU that has it, else float16 on cuda, else float32. A bad name is a ValueError."""
     if name == "auto":

@@ -29,7 +29,7 @@ from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine
 from common import UserError, catch_signals, main_guard, show
 from configurator import configure
 from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
-from model import GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
+from model import Dtype, GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     min_lr: float = 6e-5
     # system
     device: str = "auto"  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = "auto"  # 'auto' (bfloat16 on GPUs that have it, else float16 on cuda, else float32)
+    dtype: Dtype = "auto"  # 'auto' (bfloat16 on GPUs that have it, else float16 on cuda, else float32)
     compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
     seed: int = 1337
 
@@ -120,10 +120,6 @@ def check(cfg):
     if cfg.objective == "mlm" and (cfg.init_from in PRETRAINED or os.path.isdir(cfg.init_from)):
         raise UserError("GPT-2's weights are a causal model without <mask>; objective='mlm' starts from scratch "
                         "or from a checkpoint trained with objective='mlm'")
-    try:
-        pick_dtype(cfg.dtype, "cpu")
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 # --- optimisation and its cost ------------------------------------------------------------------------------
