@@ -165,33 +165,42 @@ class Block(nn.Module):
 
 
 @dataclass
-class GPTConfig:
-    block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
-    vocab_size: int = 50257  # tokens the model reads and predicts (GPT-2's 50,257)
-    # the embedding/output matrix has vocab_size rows rounded up to a multiple of this (64 on GPUs: 50,304 rows,
-    # tensor-core shapes); no token has the extra ids, and their logits are cut off before anything sees them
-    vocab_multiple: int = 1
+class ModelSettings:
+    """What a training config chooses of the model (train.TrainConfig has these fields); GPTConfig adds what
+    the data and the run decide. The defaults are GPT-2 124M's."""
+    # model
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in every Linear and norm layer, as GPT-2 has them
-    # architecture switches, each on its own; the defaults are GPT-2's, the alternatives LLaMA's
+    # architecture switches: each on its own, GPT-2's by default, LLaMA's parts as the alternatives
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # ln_1, ln_2, ln_f; rmsnorm: rescale only, no centring
     mlp: Literal["gelu", "swiglu"] = "gelu"  # gelu: 4 * n_embd wide; swiglu: gated, ~8/3 * n_embd (same parameters)
-    # swiglu: hidden width rounded up to a multiple of this, for matmul-friendly shapes. LLaMA uses 256 at
+
+    # swiglu's hidden width is rounded up to a multiple of this, for matmul-friendly shapes. LLaMA uses 256 at
     # n_embd 4096 (10,923 -> 11,008, +0.8%); at n_embd 128 that would make 341 into 512, 64 makes it 384
     mlp_multiple: int = 64
     pos: Literal["learned", "rope"] = "learned"  # learned: wpe, added to the input; rope: q and k rotated
     rope_theta: float = 10000.0  # rope: the pairs of a head turn from 1 to ~1/rope_theta radians per position
+    # output head
+    head: str = "softmax"  # a name in heads.HEADS: 'softmax', 'sigmoid' or 'bayes'
+    bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
+    bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
+    bayes_samples: int = 10  # bayes: weight draws averaged for a prediction (evaluation, sampling)
+
+
+@dataclass
+class GPTConfig(ModelSettings):
+    block_size: int = 1024  # longest context the model sees (learned position embeddings exist only this far)
+    vocab_size: int = 50257  # tokens the model reads and predicts (GPT-2's 50,257)
+    # the embedding/output matrix has vocab_size rows rounded up to a multiple of this (64 on GPUs: 50,304 rows,
+    # tensor-core shapes); no token has the extra ids, and their logits are cut off before anything sees them
+    vocab_multiple: int = 1
     # True: each position sees only the past, and its logits predict the *next* token (GPT). False: every
     # position sees the whole sequence, and its logits predict the token *at* that position (a masked language
     # model, BERT-style: trained to recover <mask>ed tokens; train.py objective='mlm')
     causal: bool = True
-    head: str = "softmax"  # the output head, a name in heads.HEADS: 'softmax', 'sigmoid' or 'bayes'
-    bayes_prior_std: float = 1.0  # bayes: prior N(0, bayes_prior_std^2) on every output weight
-    bayes_init_std: float = 3e-3  # bayes: posterior std at init (logit noise ~ this * |h|, well under 1)
-    bayes_samples: int = 10  # bayes: weight draws averaged for a prediction
 
     def __post_init__(self):
         for f in fields(self):  # each value of its type, and one of its choices (Literal), as configure() checks

@@ -29,11 +29,11 @@ from checkpoint import (PRETRAINED, Progress, check_resumable, dropout_rng, fine
 from common import UserError, catch_signals, main_guard, show
 from configurator import configure
 from metrics import Meter, clock, estimate_loss, flops_per_token, open_log, peak_flops, peak_memory_mb, plot_curves
-from model import Dtype, GPT, GPTConfig, HEADS, allow_tf32, autocast, pick_device, pick_dtype
+from model import Dtype, GPT, GPTConfig, HEADS, ModelSettings, allow_tf32, autocast, pick_device, pick_dtype
 
 
 @dataclass
-class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, block_size, objective...) first
+class TrainConfig(ModelSettings, data.DataConfig):  # the data settings first, then the model's (model.py)
     # I/O
     out_dir: str = "out"
     init_from: str = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), a ckpt.pt to fine-tune, or 'gpt2'...
@@ -46,22 +46,6 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     wandb_project: str = "gpt"  # wandb: the project the run goes to
     wandb_run_name: str = ""  # wandb: the run's name ('' : out_dir's name)
     gradient_accumulation_steps: int = 40  # micro-steps per optimizer step, across all processes (DDP)
-    # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # these five switches: GPT-2 by default, or LLaMA's parts
-    mlp: Literal["gelu", "swiglu"] = "gelu"  # swiglu: gated, 2/3 as wide for the same cost
-    mlp_multiple: int = 64  # swiglu: hidden width rounded up to a multiple of this
-    pos: Literal["learned", "rope"] = "learned"  # learned: wpe; rope: rotary positions in attention
-    rope_theta: float = 10000.0  # rope: base of the rotation frequencies
-    head: str = "softmax"  # 'softmax', 'sigmoid' (BCE) or 'bayes' (Gaussian output weights); see heads.py
-    bayes_prior_std: float = 1.0  # bayes: prior N(0, std^2) on each output weight
-    bayes_init_std: float = 3e-3  # bayes: posterior std at init
-    bayes_samples: int = 10  # bayes: weight draws averaged per prediction (evaluation, sampling)
-    bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / training tokens
     # optimizer
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: torch.optim.Muon for the blocks' matrices, AdamW for the rest
     learning_rate: float = 6e-4  # AdamW's peak learning rate
@@ -73,6 +57,7 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
     muon_lr: float = 0.006  # muon: peak learning rate of the matrices, in AdamW's units (match_rms_adamw)
     muon_momentum: float = 0.95  # muon: momentum of the matrices' updates (Nesterov)
     muon_weight_decay: float = 0.0  # muon: decoupled weight decay of the matrices
+    bayes_kl_weight: float = 1.0  # bayes: training loss = CE + bayes_kl_weight * KL / training tokens
     # learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters
     decay_lr: bool = True
     warmup_iters: int = 2000
@@ -86,8 +71,8 @@ class TrainConfig(data.DataConfig):  # the data settings (dataset, batch_size, b
 
 
 def model_config(cfg, vocab_size, device="cpu"):
-    """The GPTConfig a training config describes: its settings of the same names, the data's vocabulary."""
-    same = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if hasattr(cfg, f.name)}
+    """The GPTConfig a training config describes: its ModelSettings and block_size, the data's vocabulary."""
+    same = {f.name: getattr(cfg, f.name) for f in fields(ModelSettings)} | {"block_size": cfg.block_size}
     pad = 64 if device.startswith("cuda") else 1  # vocab rows: a faster output matmul on GPUs, nothing on CPUs
     try:
         return GPTConfig(**same | {"vocab_size": vocab_size, "vocab_multiple": pad, "causal": cfg.objective == "clm"})

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, run_script
 import common
+import model
 from configurator import configure
 
 
@@ -109,8 +110,9 @@ def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
     assert listed["log_interval"][3] == ""
     assert listed["mlm_random"][3].startswith("... a random token")
     names = list(listed)
-    # data.DataConfig's fields come first (TrainConfig extends it), then train.py's own groups
+    # data.DataConfig's fields come first (TrainConfig extends it), then model.ModelSettings', then train.py's
     assert heads["data"] == 0 == names.index("dataset") and heads["I/O"] == names.index("out_dir")
+    assert heads["model"] == names.index("n_layer") < heads["output head"] == names.index("head") < heads["I/O"]
     assert heads["optimizer"] == names.index("optimizer")
     assert heads["learning rate schedule: linear warmup, then cosine decay to min_lr at lr_decay_iters"] == \
         names.index("decay_lr")
@@ -119,7 +121,7 @@ def test_the_comments_groups_and_continuations_of_the_real_configs(capsys):
                                   " if it trained with sigmoid_targets='ngram', else off; 0: off")
     assert listed["shift"][3] == source_comment(evaluate, "shift")  # the continuation above it is set_k's
     listed, heads = entries(help_of(bench, ["--help"], capsys))
-    assert listed["n_layer"][3] == "" and listed["norm"][3] == source_comment(train, "norm")  # the parent's
+    assert listed["n_layer"][3] == "" and listed["norm"][3] == source_comment(model.ModelSettings, "norm")  # a base's
     assert listed["what"][3] == source_comment(bench, "what") and heads["BenchConfig"] == list(listed).index("what")
 
 
