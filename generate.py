@@ -73,12 +73,14 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     """Yield the next token (B, 1) max_new_tokens times, each sampled given everything before it. Past
     block_size the prediction is made from the last block_size tokens, and the cache is re-filled from that
     window at every step: sliding the window changes every kept key and value, so the cache pays off for
-    generations that fit in the context (docs/design.md, "The KV cache, and why it cannot roll")."""
+    generations that fit in the context (docs/design.md, "The KV cache, and why it cannot roll").
+    stop_token: a row that generates it is done (one in the prompt does not count: GPT-2 is sampled from an
+    <|endoftext|> prompt) and repeats it from then on; the stream ends when every row is done."""
     if not model.config.causal:
         raise ValueError("this model is bidirectional (a masked language model): it predicts the tokens at "
                          "<mask> positions, not the next one; use fill")
     bs = model.config.block_size
-    cache = None
+    cache, done = None, torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # rows that stopped
     for _ in range(max_new_tokens):
         if not use_cache:
             h = model.hidden(idx[:, -bs:])
@@ -90,9 +92,12 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         h = h[:, -1]
         logp = model.head_log_probs(model.logits(h), h)  # (B, V)
         idx_next = sample_next(logp, temperature, top_k, top_p, greedy)  # (B, 1)
+        if stop_token is not None:
+            idx_next = idx_next.masked_fill(done[:, None], stop_token)  # a row that stopped stays stopped
+            done |= idx_next[:, 0] == stop_token
         idx = torch.cat((idx, idx_next), dim=1)
         yield idx_next
-        if stop_token is not None and (idx == stop_token).any(dim=1).all():
+        if stop_token is not None and done.all():
             return
 
 

@@ -115,6 +115,36 @@ def test_stop_token_ends_generation():
     assert stopped.size(1) == first + 1 and torch.equal(stopped[0], out[0, :first + 1])
 
 
+def test_a_stop_token_in_the_prompt_does_not_stop_generation():
+    # GPT-2 is sampled unconditionally from a prompt of <|endoftext|>: the stop token must be one it generates
+    m = tiny()
+    # a token that the greedy continuation of itself never produces again
+    stop = next(t for t in range(50) if t not in generate(m, torch.full((1, 1), t), 20, greedy=True)[0, 1:])
+    out = generate(m, torch.full((1, 1), stop), 20, greedy=True, stop_token=stop)
+    assert out.shape == (1, 21)
+
+
+def test_each_row_stops_when_it_generates_the_stop_token():
+    m = tiny()
+    prompt = torch.tensor([[0], [7]])
+    torch.manual_seed(3)
+    free = generate(m, prompt, 30)  # sampled: every row draws every step, so the streams stay aligned
+
+    def at(r, t):  # where row r first generates t, or None
+        hits = (free[r, 1:] == t).nonzero()
+        return hits[0].item() + 1 if len(hits) else None
+    # a token row 0 generates early and does not repeat at once, and row 1 later or never
+    stop = next(t for t in free[0, 3:10].tolist() if free[0, at(0, t) + 1] != t and (at(1, t) or 99) > at(0, t))
+    first = [at(0, stop), at(1, stop)]
+    torch.manual_seed(3)
+    out = generate(m, prompt, 30, stop_token=stop)
+    end = out.size(1) if first[1] is None else first[1] + 1
+    assert out.size(1) == end  # the stream ends when the last row has stopped (or at max_new_tokens)
+    for r in (0, 1):  # each row as it would be, then nothing but the stop token
+        k = first[r] if first[r] is not None else end - 1
+        assert torch.equal(out[r, :k + 1], free[r, :k + 1]) and (out[r, k + 1:] == stop).all()
+
+
 def reference_filter(logp, top_k, top_p):
     """Per row, in plain Python: sort, keep the top k, then the shortest prefix reaching top_p."""
     out = torch.full_like(logp, float("-inf"))
