@@ -331,3 +331,33 @@ def test_a_new_head_is_one_class_in_heads_py(data_dir, tmp_path, monkeypatch, ca
     evaluate.main([f"--out_dir={out}", "--device=cpu", "--max_tokens=2000", "--shift=False"])
     r = json.load(open(os.path.join(out, "eval_val.json")))
     assert r["head"] == "tempered" and abs(r["nll"] - evals[-1]) < 0.3 and "mi" not in r
+
+
+@pytest.mark.parametrize("name", list(heads.HEADS))
+def test_every_heads_fast_loss_and_regulariser_equal_its_plain_formula(name, monkeypatch):
+    # what bench.py's '-formula' rows time: the interface's plain=True against the training path, with the same
+    # noise for bayes (its fast loss draws eps block by block into a buffer; here both draw one full tensor)
+    m = small(name).train()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from init, so every term matters
+        if name == "bayes":
+            m.lm_rho.copy_(torch.randn_like(m.lm_rho) - 0.5)  # sigmas from ~0.1 to ~2, around the prior's 1
+    h = torch.randn(12, 8)
+    y = torch.randint(11, (12,))
+    y[3] = -1  # a token that does not count
+    monkeypatch.setattr(heads, "row_blocks", lambda x: [slice(0, len(x))])  # one block: eps drawn in one go
+    out = {}
+    for plain in (True, False):
+        m.zero_grad()
+        torch.manual_seed(5)
+        loss = m.head.loss(m, m.logits(h).float(), y, h, plain=plain)
+        reg = m.head.regulariser(m, plain=plain)
+        (loss if reg is None else loss + reg).backward()
+        out[plain] = loss.detach(), reg, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-5)
+    assert (out[True][1] is None) == (out[False][1] is None) == (name != "bayes")
+    if out[True][1] is not None:
+        assert torch.allclose(out[True][1], out[False][1], rtol=1e-5)
+    assert out[True][2].keys() == out[False][2].keys() and "transformer.wte.weight" in out[True][2]  # = lm_head, tied
+    assert all(torch.allclose(out[True][2][n], out[False][2][n], atol=1e-5) for n in out[True][2])
