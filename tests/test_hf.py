@@ -64,7 +64,10 @@ def test_import_refuses_variants_it_does_not_implement(tmp_path):
 
 
 def test_offline_hub_name_gives_a_clear_error(monkeypatch):
+    import huggingface_hub
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import: set it where the hub looks now, or the call waits on the network's retries (47 s here)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="HF_HUB_OFFLINE|local folder"):
         from_pretrained("gpt2-this-is-not-cached")
 
