@@ -7,9 +7,9 @@ command-line overrides, in that order.
 A config file is Python and is run as such: only run config files you trust (they are the one place where
 this project executes code it reads). Values on the command line are parsed as Python literals
 (`--top_p 0.9`, `--top_k None`, `--start "'hello'"`); anything that is not a literal is taken as a string
-(`--device cpu`). A value must have the type of its default (an int where a float is expected is fine), a setting with choices
-(Literal) one of them, and an unknown key is an error naming the closest valid keys, so a typo never silently
-trains the wrong model.
+(`--device cpu`). A value must have the type of its default (an int where a float is fine), a setting with
+choices (Literal) one of them, and an unknown key is an error naming the closest valid keys, so a typo never
+silently trains the wrong model.
 
 A config file can build on another with `include("other.py")` (the path relative to the including file's
 folder): the other file runs right there, so its assignments become this file's and later lines override them.

@@ -21,8 +21,7 @@ What is learned, from what batches (the settings are DataConfig's):
 import json
 import math
 import os
-import typing
-from typing import Literal
+from typing import Literal, get_type_hints
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,7 +68,7 @@ class Data:
 
 def saved_config(saved, where):
     """The DataConfig that a checkpoint's training settings (a dict) describe, each field of its type."""
-    hints = typing.get_type_hints(DataConfig)
+    hints = get_type_hints(DataConfig)
     try:
         return DataConfig(**{k: check_value(k, saved[k], hints[k]) for k in hints if k in saved})
     except UserError as e:

@@ -8,7 +8,8 @@ behind one interface (`encode`, `decode`, `vocab_size`, `to_spec`):
   long sequences; perfect for learning and for CPU-sized models.
 - BPETokenizer: byte-level byte-pair encoding trained here, from scratch, on your own text, the way GPT-2's and
   GPT-4's tokenizers were made. Its trainer keeps pair counts up to date incrementally, so it trains a
-  4,096-token vocabulary on Tiny Shakespeare in well under a second of pure Python (read `learn_merges`, beside its plain reference `learn_merges_plain`).
+  4,096-token vocabulary on Tiny Shakespeare in well under a second of pure Python (read `learn_merges`,
+  beside its plain reference `learn_merges_plain`).
 - TiktokenTokenizer: OpenAI's byte-level BPE vocabularies (gpt2, cl100k_base, o200k_base) through the
   `tiktoken` library: ~4 characters per token, the tokenizer real GPT-2 was trained with.
 

@@ -128,10 +128,11 @@ def set_lr(optimizers, lr):
 
 
 def make_optimizer(model, cfg, device):
-    """A list of optimizers: [AdamW], weight decay only on weight matrices: biases and LayerNorm gains are not shrunk to 0, nor a head's
-    own parameters (bayes: rho, sigma = softplus(rho); decaying rho would pull every sigma towards 0.69).
-    optimizer='muon': the blocks' weight matrices go to torch.optim.Muon instead (momentum, then the update
-    orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms and biases stay AdamW."""
+    """A list of optimizers. [AdamW]: weight decay only on weight matrices; biases and LayerNorm gains are not
+    shrunk to 0, nor a head's own parameters (bayes: rho, sigma = softplus(rho); decaying rho would pull every
+    sigma towards 0.69). optimizer='muon': [AdamW, Muon], the blocks' weight matrices going to torch.optim.Muon
+    (momentum, then the update orthogonalised by Newton-Schulz iterations); embeddings, the output head, norms
+    and biases stay AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     matrices = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("transformer.h.") and p.dim() == 2]
     named = [(n, p) for n, p in named if not any(p is m for m in matrices)]
