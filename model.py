@@ -103,14 +103,9 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         causal = self.causal and mask is None  # a given mask already holds the causality
         if cache is not None:  # only without a mask and for a causal model (GPT.hidden checks)
-            k, v = cache.append(k, v)  # (B, nh, L, hs): the cached past followed by these T positions
-            L = k.size(2)
-            if T == 1:
-                causal = False  # the one new query may see every cached key
-            elif L > T:
-                # query i sits at absolute position L-T+i and sees keys 0..L-T+i
-                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
-                causal = False
+            # (B, nh, L, hs): the cached past followed by these T positions, and who sees whom among them
+            k, v, mask = cache.append(k, v)
+            causal = T > 1 and mask is None  # None: plain causal over T > 1 new tokens, or one query sees all
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -282,7 +277,11 @@ class GPT(nn.Module):
 
     def rope(self, start, T):
         """cos and sin (T, hs/2) for positions start..start+T-1. The tables are recomputed longer when a later
-        position is asked for (a block_size raised after construction: RoPE has no learned table to cap it)."""
+        position is asked for (a block_size raised after construction: RoPE has no learned table to cap it).
+        A tensor start (generate's static cache) is looked up, not sliced: the tables are long enough there."""
+        if torch.is_tensor(start):
+            pos = start + torch.arange(T, device=start.device)
+            return self.rope_cos[pos], self.rope_sin[pos]
         if start + T > self.rope_cos.size(0):
             cos, sin = rope_tables(self.config.n_embd // self.config.n_head, self.config.rope_theta,
                                    max(start + T, self.config.block_size), self.rope_cos.device)
@@ -305,8 +304,8 @@ class GPT(nn.Module):
         """Final hidden states (B, T, C) for token ids (B, T); with a cache, idx continues its sequence.
         attention_mask (B, T): true at real tokens, false at padding (see attn_mask), or None: no padding."""
         B, T = idx.size()
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
+        start = cache.pos if cache is not None else 0  # a tensor (1,) in generate's static cache (fixed shapes)
+        if not torch.is_tensor(start) and start + T > self.config.block_size:  # (generate checks the static one)
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
         if cache is not None and (attention_mask is not None or not self.config.causal):
             # a cache would need the mask of every earlier step, and a bidirectional model's past changes
@@ -318,7 +317,7 @@ class GPT(nn.Module):
         if self.config.pos == "rope":
             rope = self.rope(start, T)  # absolute positions: with a cache, cache.pos + t
         else:
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+            pos = start + torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
