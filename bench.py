@@ -3,7 +3,7 @@ Throughput benchmarks: training speed, sampling speed with and without the KV ca
 
     python bench.py config/shakespeare_char.py            # any train config; its model, batch and device
     python bench.py config/shakespeare_char.py --json     # one JSON object, for scripts
-    python bench.py config/shakespeare_char.py --what sample --sample_tokens 1000
+    python bench.py config/shakespeare_char.py --what sample --sample_tokens 1000   # eager, cached, compiled
     python bench.py config/owt_gpt2.py --what grid --vocab_size 50257 --gradient_accumulation_steps 1  # a GPU's table
     python bench.py --what tokenizer --text_file input.txt   # BPE vs HuggingFace tokenizers and tiktoken
     python bench.py config/owt_gpt2.py --what hellaswag --vocab_size 50257   # ms per HellaSwag example
@@ -18,11 +18,13 @@ step had allocated.
 Grid (`--what grid`): training for every head, eager and compiled, each in a fresh process (its own compile,
 its own memory peak), then sampling: the README's GPU table in one command.
 
-Sampling: median tokens/s of generate.generate over `repeats` runs, with the KV cache and without it (the
-cache-free path re-runs the whole context for every token), same model, prompt and random seed, so both
-produce the same tokens. Random weights: speed does not depend on what the model has learned.
-Two rows: `sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size,
-the longest generation that fits in the context, where the cache is never rebuilt (see generate.stream).
+Sampling: median tokens/s of generate.generate over `repeats` runs (all rows of the batch together) three
+ways: without the KV cache (the whole context re-run for every token), with it, and with the compiled decode
+step (compile=True: a static cache, one graph per step; its first run compiles and is timed apart as
+`compile s`). Same model, prompt and random seed, so all three should produce the same tokens (`same tokens`).
+Random weights: speed does not depend on what the model has learned. At batch 1 and 8, each with two lengths:
+`sample_tokens` new tokens from a 1-token prompt as asked, and, when that runs past block_size, the longest
+generation that fits in the context, where the cache is never rebuilt (see generate.stream).
 
 HellaSwag (`--what hellaswag`, not part of 'all'): milliseconds per multiple-choice example, scored as
 hellaswag.py does (the context once into a KV cache, the four endings after it: hellaswag.ending_log_probs)
@@ -142,29 +144,33 @@ def bench_train(cfg, device, dtype, ctx):
 
 
 def bench_sample(cfg, device, ctx):
+    """Sampling tokens/s at batch 1 and 8: without the cache, with it, and with the compiled decode step (its
+    compile timed apart, in a first run), the same tokens from each (see the module's docstring)."""
     model = build(cfg, device).eval()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     lengths = [cfg.sample_tokens]
     if cfg.sample_tokens + 1 > cfg.block_size:
         lengths.append(cfg.block_size - 1)  # the longest generation that stays inside the context
+    ways = {"uncached": dict(use_cache=False), "cached": {}, "compiled": dict(compile=True)}
     rows = []
-    for n in lengths:
-        row = {"new_tokens": n, "block_size": cfg.block_size}
-        outs = {}
-        for use_cache in (True, False):
-            times = []
-            for _ in range(cfg.repeats):
-                torch.manual_seed(cfg.seed)
-                sync(device)
-                t = time.perf_counter()
-                with ctx:
-                    outs[use_cache] = generate(model, prompt, n, use_cache=use_cache)
-                sync(device)
-                times.append(time.perf_counter() - t)
-            row["cached_tok_s" if use_cache else "uncached_tok_s"] = n / statistics.median(times)
-        row["speedup"] = row["cached_tok_s"] / row["uncached_tok_s"]
-        row["same_tokens"] = bool(torch.equal(outs[True], outs[False]))
-        rows.append(row)
+    for batch in (1, 8):
+        prompt = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        for n in lengths:
+            row, outs = {"batch": batch, "new_tokens": n, "block_size": cfg.block_size}, {}
+            for way, kw in ways.items():
+                times = []
+                for i in range(cfg.repeats + (way == "compiled")):  # the compiled path's first run compiles
+                    torch.manual_seed(cfg.seed)
+                    sync(device)
+                    t = time.perf_counter()
+                    with ctx:
+                        outs[way] = generate(model, prompt, n, **kw)
+                    sync(device)
+                    times.append(time.perf_counter() - t)
+                if way == "compiled":
+                    row["compile_s"] = times.pop(0)
+                row[f"{way}_tok_s"] = batch * n / statistics.median(times)
+            row["same_tokens"] = all(torch.equal(outs["cached"], o) for o in outs.values())
+            rows.append(row)
     return rows
 
 
@@ -274,8 +280,8 @@ def _train_row(cfg, head, compile):
 
 
 def bench_grid(cfg):
-    """Training rows for softmax, sigmoid and bayes, eager and compiled, each in a fresh process, then sampling
-    (the softmax model, eager) with and without the KV cache."""
+    """Training rows for every head, eager and compiled, each in a fresh process, then sampling (the softmax
+    model) without the KV cache, with it, and compiled."""
     spawn = multiprocessing.get_context("spawn")
     rows = []
     for compile in (False, True):
@@ -450,11 +456,12 @@ def print_results(cfg, result):
               f"{cfg.batch_size}x{cfg.block_size}x{cfg.gradient_accumulation_steps} tokens/iter)")
         print(f"  {r['ms_per_iter']:9.1f} ms/iter  {r['tokens_per_s']:12,.0f} tokens/s  MFU {mfu}")
     if "sample" in result:
-        print(f"\nsampling (batch 1, block_size {cfg.block_size}, median of {cfg.repeats})")
-        print(f"  {'new tokens':>10}  {'KV cache tok/s':>14}  {'no cache tok/s':>14}  {'speedup':>7}  same tokens")
+        print(f"\nsampling tokens/s (all rows together; block_size {cfg.block_size}, median of {cfg.repeats})")
+        print(f"  {'batch':>5}  {'new tokens':>10}  {'no cache':>9}  {'KV cache':>9}  {'compiled':>9}  "
+              f"{'compile s':>9}  same tokens")
         for r in result["sample"]:
-            print(f"  {r['new_tokens']:>10}  {r['cached_tok_s']:>14.1f}  {r['uncached_tok_s']:>14.1f}  "
-                  f"{r['speedup']:>6.2f}x  {r['same_tokens']}")
+            print(f"  {r['batch']:>5}  {r['new_tokens']:>10}  {r['uncached_tok_s']:>9.1f}  {r['cached_tok_s']:>9.1f}  "
+                  f"{r['compiled_tok_s']:>9.1f}  {r['compile_s']:>9.1f}  {r['same_tokens']}")
     if "hellaswag" in result:
         r = result["hellaswag"]
         print(f"\nhellaswag ({cfg.n_layer}L {cfg.n_embd}d, vocab {cfg.vocab_size:,}; context {r['context']} tokens, "

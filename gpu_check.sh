@@ -9,7 +9,7 @@
 #                 fp32 and bf16, fp16 with the GradScaler, resume, torchrun with nccl, the padded vocabulary
 # 3. grid.txt     bench.py --what grid at GPT-2 124M's shape: 12 x 1024 tokens a step, GPT-2's 50,257
 #                 outputs, the training dtype (bf16), each head eager and compiled: ms/iter, tokens/s, MFU,
-#                 peak memory; then sampling tokens/s with and without the KV cache
+#                 peak memory; then sampling tokens/s without the KV cache, with it, and compiled
 # 4. hellaswag.txt bench.py --what hellaswag: ms per HellaSwag example with GPT-2 124M, the context cached and
 #                 the plain rows, and the 10,042 examples' time at that rate
 # Extra arguments go to bench.py (e.g. --device=cpu --n_layer=2 ... to try the script without a GPU).
@@ -29,8 +29,8 @@ step() {  # name, seconds, command...
 }
 
 step machine 60 bash -c 'nvidia-smi; python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")"'
-step tests 200 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step grid 330 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
+step tests 260 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step grid 380 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
     --batch_size=12 --block_size=1024 --bench_iters=10 --warmup=3 --sample_tokens=200 --repeats=3 "$@"
 step hellaswag 120 python bench.py config/owt_gpt2.py --what=hellaswag --vocab_size=50257 --repeats=8 "$@"
 cat "$OUT/grid.txt" "$OUT/hellaswag.txt"

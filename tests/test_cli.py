@@ -84,10 +84,11 @@ def test_train_then_sample(data_dir, tmp_path):
     assert len(samples) == 2 and all(s.strip().startswith("ROMEO:") for s in samples)
     assert len(samples[0].strip()) >= 60 and "tokens/s" in r.stderr
 
-    # the same seed gives the same text; greedy ignores the seed
+    # the same seed gives the same text, with the compiled decode step too
     again = run_script("sample.py", f"--out_dir={out}", "--max_new_tokens=60", "--num_samples=2", "--top_p",
-                       "0.9", "--start", "ROMEO:", "--device=cpu")
-    assert again.stdout == r.stdout
+                       "0.9", "--start", "ROMEO:", "--device=cpu", "--compile")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == r.stdout and "the compile included" in again.stderr
 
     r = run_script("sample.py", f"--out_dir={out}", "--top_p", "1.5")
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
@@ -106,8 +107,8 @@ def test_bench_json():
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["train"]["tokens_per_s"] > 0 and 0 < res["train"]["mfu"] < 1 and res["train"]["peak_mem_mb"] > 0
-    assert [row["new_tokens"] for row in res["sample"]] == [40, 31]
-    assert all(row["same_tokens"] for row in res["sample"])
+    assert [(row["batch"], row["new_tokens"]) for row in res["sample"]] == [(1, 40), (1, 31), (8, 40), (8, 31)]
+    assert all(row["same_tokens"] and row["compiled_tok_s"] > 0 for row in res["sample"])
 
 
 def test_bench_takes_the_vocabulary_of_the_configs_data(data_dir, tmp_path):
@@ -127,7 +128,7 @@ def test_bench_grid_times_every_head_eager_and_compiled():
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
         (h, c) for c in ("no", "yes") for h in ("softmax", "sigmoid", "bayes")]
-    assert "KV cache tok/s" in r.stdout
+    assert "KV cache   compiled" in r.stdout
 
 
 def test_bench_hellaswag_times_both_ways():
