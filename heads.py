@@ -16,7 +16,9 @@ names them, and model.py calls the chosen one. A new head is one class there (do
 Precision: every loss here is computed in float32, whatever autocast says (model.py hands the logits over in
 fp32, and the regions below marked fp32() switch autocast off). The bayes head's variances are the reason: a
 weight's sigma^2 of 1e-6 times h^2 is below float16's smallest normal number (6e-5), so under float16 autocast
-the noise would vanish, or the loss turn inf and the GradScaler skip every step.
+the noise would vanish, or the loss turn inf and the GradScaler skip every step. bfloat16 has float32's
+exponent range, so under bfloat16 autocast the bayes head's three (N x C) x (C x V) variance matmuls take bf16
+inputs (accumulating in fp32), as every other matmul of the step does; everything after them stays fp32.
 """
 
 import math
@@ -29,6 +31,18 @@ import torch.nn.functional as F
 def fp32(x):
     """A region where autocast is off, so the matmuls on x's device run in the dtype given (here float32)."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def matmul_dtype(x):
+    """bfloat16 under bfloat16 autocast on x's device, else float32 (see the top of this file for float16)."""
+    t = x.device.type
+    bf16 = torch.is_autocast_enabled(t) and torch.get_autocast_dtype(t) == torch.bfloat16
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def mm(a, b, dtype):
+    """a @ b from inputs in dtype, the result in fp32."""
+    return (a.to(dtype) @ b.to(dtype)).float()
 
 
 # --- softmax ----------------------------------------------------------------------------------------------
@@ -123,14 +137,15 @@ class SampledCE(torch.autograd.Function):
     one other tensor; backward scales them by the incoming gradient and does the matmuls."""
 
     @staticmethod
-    def forward(ctx, z, h2, rho, y):  # z: fp32 logits, h2 = h^2, all in fp32 here (see the top of this file)
+    def forward(ctx, z, h2, rho, y):  # z: fp32 logits, h2 = h^2, in fp32 but the matmuls (see the top of this file)
+        ctx.dtype = matmul_dtype(z)  # backward runs outside autocast: it does as forward did
         with fp32(z):
             return SampledCE.draw(ctx, z.float(), h2.float(), rho, y)
 
     @staticmethod
     def draw(ctx, z, h2, rho, y):
         s2 = F.softplus(rho.float()).square_()
-        gv = torch.mm(h2, s2.t())  # the variances v, then dL/dv in the same memory
+        gv = mm(h2, s2.t(), ctx.dtype)  # the variances v, then dL/dv in the same memory
         gz = torch.empty_like(z)  # each block's draw s, then softmax(s) - onehot(y) in the same memory
         loss = z.new_empty(len(z))
         blocks = row_blocks(z)
@@ -155,9 +170,9 @@ class SampledCE(torch.autograd.Function):
         gz, gv, h2, s2 = ctx.saved_tensors
         with fp32(gz):
             gz.mul_(g[:, None])
-            gv = gv.mul_(g[:, None])
-            grad_h2 = gv @ s2
-            grad_rho = gv.t() @ h2
+            gv = gv.mul_(g[:, None]).to(ctx.dtype)  # cast once for both matmuls
+            grad_h2 = mm(gv, s2, ctx.dtype)
+            grad_rho = mm(gv.t(), h2, ctx.dtype)
         sigma = s2.sqrt_()  # d sigma / d rho = sigmoid(rho) = 1 - exp(-sigma), as softplus(rho) = log(1 + e^rho)
         grad_rho.mul_(sigma).mul_(2).mul_(sigma.neg_().expm1_().neg_())
         return gz, grad_h2, grad_rho, None

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint
 import evaluate
@@ -88,6 +89,41 @@ def test_the_bayes_variances_are_computed_in_fp32_under_float16_autocast():
     for a, b in zip(*results):
         assert a.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-5, atol=1e-8)
     assert results[0][1].min() > 1e-4  # the std itself: sqrt(16 * 1e-8 * h^2), not clamped to 1e-10
+
+
+class MatmulInputs(TorchDispatchMode):
+    """The input dtypes of every matmul run while it is on, forward and backward alike."""
+
+    def __enter__(self):
+        self.seen = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_bayes_variance_matmuls_take_bf16_under_bfloat16_autocast_only():
+    # bfloat16 has float32's exponent range, so sigma^2 h^2 does not flush there as in float16 (the test above)
+    z, h, rho, y = bayes_head_inputs(sigma=0.05)
+    results, seen = [], []
+    for dtype in (None, torch.bfloat16, torch.float16):
+        for t in (z, h, rho):
+            t.grad = None
+        torch.manual_seed(1)
+        with MatmulInputs() as mode:
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = heads.SampledCE.apply(z, h.float().square(), rho, y)
+            loss.sum().backward()
+        seen.append(mode.seen)
+        results.append((loss.detach(), z.grad.clone(), h.grad.clone(), rho.grad.clone()))
+    # the variances in forward, then the gradients for h^2 and for rho in backward
+    assert seen == [[(torch.float32,) * 2] * 3, [(torch.bfloat16,) * 2] * 3, [(torch.float32,) * 2] * 3]
+    for fp32, bf16, fp16 in zip(*results):
+        assert torch.equal(fp32, fp16)
+        assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)  # rounded, and only that much:
+        assert torch.allclose(fp32, bf16, rtol=2e-2, atol=2e-2 * fp32.abs().max().item())
 
 
 # --- torch.compile -------------------------------------------------------------------------------------------
