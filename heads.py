@@ -163,6 +163,14 @@ class SampledCE(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.compiler.disable
+    def run(z, h2, rho, y):
+        """apply, always eager: traced into a compiled model, the block loop's in-place writes became copies of
+        the whole (N, V) tensors, block after block (~50 logits tensors of memory on a CPU, 3.2x softmax's peak on
+        a GPU), so a compiled model breaks its graph here and runs this Function as written."""
+        return SampledCE.apply(z, h2, rho, y)
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         # the saved tensors are changed in place: a second backward (retain_graph) is refused by autograd's
@@ -338,7 +346,7 @@ class Bayes(Softmax):
         if plain:
             ce = sampled_ce_reference(z, h, m.lm_rho, y.clamp_min(0), torch.randn_like(z))
         else:
-            ce = SampledCE.apply(z, h.float().square(), m.lm_rho, y.clamp_min(0))
+            ce = SampledCE.run(z, h.float().square(), m.lm_rho, y.clamp_min(0))
         return (ce * (y != -1)).sum()
 
     def regulariser(self, m, plain=False):
