@@ -163,14 +163,6 @@ class SampledCE(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.compiler.disable
-    def run(z, h2, rho, y):
-        """apply, always eager: traced into a compiled model, the block loop's in-place writes became copies of
-        the whole (N, V) tensors, block after block (~50 logits tensors of memory on a CPU, 3.2x softmax's peak on
-        a GPU), so a compiled model breaks its graph here and runs this Function as written."""
-        return SampledCE.apply(z, h2, rho, y)
-
-    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         # the saved tensors are changed in place: a second backward (retain_graph) is refused by autograd's
@@ -184,6 +176,14 @@ class SampledCE(torch.autograd.Function):
         sigma = s2.sqrt_()  # d sigma / d rho = sigmoid(rho) = 1 - exp(-sigma), as softplus(rho) = log(1 + e^rho)
         grad_rho.mul_(sigma).mul_(2).mul_(sigma.neg_().expm1_().neg_())
         return gz, grad_h2, grad_rho, None
+
+    @staticmethod
+    @torch.compiler.disable
+    def run(z, h2, rho, y):
+        """apply, always eager: traced into a compiled model, the block loop's in-place writes became copies of
+        the whole (N, V) tensors, block after block (~50 logits tensors of memory on a CPU, 3.2x softmax's peak on
+        a GPU), so a compiled model breaks its graph here and runs this Function as written."""
+        return SampledCE.apply(z, h2, rho, y)
 
 
 def gaussian_kl_reference(mu, rho, sp):

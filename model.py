@@ -305,7 +305,7 @@ class GPT(nn.Module):
         attention_mask (B, T): true at real tokens, false at padding (see attn_mask), or None: no padding."""
         B, T = idx.size()
         start = cache.pos if cache is not None else 0  # a tensor (1,) in generate's static cache (fixed shapes)
-        if not torch.is_tensor(start) and start + T > self.config.block_size:  # (generate checks the static one)
+        if not torch.is_tensor(start) and start + T > self.config.block_size:  # (static: only inside the context)
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
         if cache is not None and (attention_mask is not None or not self.config.causal):
             # a cache would need the mask of every earlier step, and a bidirectional model's past changes
