@@ -27,7 +27,8 @@ class UserError(Exception):
 
 
 def main_guard(main):
-    """Run a script's main(): user errors become `error: ...` on stderr and exit code 2, Ctrl-C exits 130."""
+    """Run a script's main(): user errors become `error: ...` on stderr and exit code 2, Ctrl-C exits 130, a
+    closed output pipe exits 1 without a traceback."""
     try:
         main()
     except UserError as e:
@@ -36,6 +37,9 @@ def main_guard(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`python sample.py | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exiting does not flush into the pipe
+        sys.exit(1)
 
 
 def fault_point(name):

@@ -1,13 +1,15 @@
 """The scripts end to end, run as a user runs them: prepare -> train -> sample, bench, and their errors."""
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 
 import numpy as np
 import pytest
 
 import prepare_data
-from conftest import SHAKESPEARE, TINY, run_script
+from conftest import ROOT, SHAKESPEARE, TINY, run_script
 from configurator import UserError
 from tokenizer import from_spec
 
@@ -89,6 +91,13 @@ def test_train_then_sample(data_dir, tmp_path):
                        "0.9", "--start", "ROMEO:", "--device=cpu", "--compile")
     assert again.returncode == 0, again.stderr
     assert again.stdout == r.stdout and "the compile included" in again.stderr
+
+    # piped into a reader that stops early (`python sample.py | head`): exit 1, no traceback
+    p = subprocess.Popen([sys.executable, "sample.py", f"--out_dir={out}", "--max_new_tokens=20000", "--device=cpu"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.read(10)
+    p.stdout.close()
+    assert p.wait(timeout=120) == 1 and "Traceback" not in p.stderr.read()
 
     r = run_script("sample.py", f"--out_dir={out}", "--top_p", "1.5")
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
