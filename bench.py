@@ -158,7 +158,7 @@ def bench_sample(cfg, device, ctx):
             row, outs = {"batch": batch, "new_tokens": n, "block_size": cfg.block_size}, {}
             for way, kw in ways.items():
                 times = []
-                for i in range(cfg.repeats + (way == "compiled")):  # the compiled path's first run compiles
+                for _ in range(cfg.repeats + (way == "compiled")):  # the compiled path's first run compiles
                     torch.manual_seed(cfg.seed)
                     sync(device)
                     t = time.perf_counter()
