@@ -21,9 +21,9 @@ class KVCache:
     tokens. Preallocating avoids a torch.cat (a copy of the whole past) at every layer of every step.
 
     Two ways to use it. Eager: pos is an int, and each layer attends to the slots written so far, a slice whose
-    length grows by one per token. Static (`make_static`, for the compiled decode step): pos is a tensor, new keys and
-    values are written in place at pos, and attention reads all block_size slots with the unwritten ones masked
-    out. Every shape is then the same at every step, so torch.compile captures the step once (`stream`)."""
+    length grows by one per token. Static (`make_static`, for the compiled decode step): pos is a tensor, new
+    keys and values are written in place at pos, and attention reads all block_size slots with the unwritten
+    ones masked out. Every shape is then the same at every step, so torch.compile captures the step once."""
 
     def __init__(self, config):
         self.block_size, self.n_layer = config.block_size, config.n_layer
@@ -169,9 +169,9 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
 
 
 def make_static(model, cache):
-    """Make the cache static for the compiled step (KVCache.make_static). RoPE's tables are made long enough first, as
-    the step looks positions up; on CUDA, the buffers are marked as living at fixed addresses, so the CUDA
-    graph may write into them in place."""
+    """Make the cache static for the compiled step (KVCache.make_static). RoPE's tables are made long enough
+    first, as the step looks positions up; on CUDA, the buffers are marked as living at fixed addresses, so the
+    CUDA graph may write into them in place."""
     if model.config.pos == "rope":
         model.rope(0, model.config.block_size)
     cache.make_static()
