@@ -52,3 +52,20 @@ def run_script(*args, cwd=ROOT):
     """Run one of the project's scripts as a user would; return the CompletedProcess."""
     import subprocess
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def ops_seen():
+    """A context whose `.seen` lists every aten op run inside it, forward and backward (CPU), with its tensor
+    inputs' dtypes: (op, (dtype, ...))."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __enter__(self):
+            self.seen = []
+            return super().__enter__()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append((func, tuple(a.dtype for a in args if hasattr(a, "dtype"))))
+            return func(*args, **(kwargs or {}))
+
+    return Ops()

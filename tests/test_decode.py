@@ -5,9 +5,9 @@ function (quick, every head and architecture); then compiled for real, against t
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import generate
+from conftest import ops_seen
 from generate import KVCache, last_logits, stream
 from heads import HEADS
 from model import GPT, GPTConfig
@@ -91,21 +91,10 @@ def test_a_finished_stream_stops_within_a_check():
     assert torch.equal(new[0, :first], free[0, 1:first + 1]) and (new[0, first:] == stop).all()
 
 
-class DeviceReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host (.item(), bool(t)): on a GPU, each waits for the device."""
-
-    def __enter__(self):
-        self.n = 0
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func == torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_stream_waits_for_the_device_once_per_check_not_per_token():
     m = tiny()
     for stop, want in ((None, 0), (49, 40 // generate.CHECK_EVERY)):  # 49: never generated here
-        with DeviceReads() as reads:
+        with ops_seen() as ops:  # a host read of a value (.item(), bool(t)) runs _local_scalar_dense
             new = list(stream(m, torch.zeros((1, 1), dtype=torch.long), 40, greedy=True, stop_token=stop))
-        assert len(new) == 40 and reads.n == want and 49 not in torch.cat(new).tolist()
+        reads = sum(f == torch.ops.aten._local_scalar_dense.default for f, _ in ops.seen)
+        assert len(new) == 40 and reads == want and 49 not in torch.cat(new).tolist()

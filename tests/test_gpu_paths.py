@@ -7,14 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import checkpoint
 import evaluate
 import heads
 import model as model_py
 import train
-from conftest import TINY, metrics, run_script
+from conftest import TINY, metrics, ops_seen, run_script
 from model import GPT, GPTConfig
 
 
@@ -91,19 +90,6 @@ def test_the_bayes_variances_are_computed_in_fp32_under_float16_autocast():
     assert results[0][1].min() > 1e-4  # the std itself: sqrt(16 * 1e-8 * h^2), not clamped to 1e-10
 
 
-class MatmulInputs(TorchDispatchMode):
-    """The input dtypes of every matmul run while it is on, forward and backward alike."""
-
-    def __enter__(self):
-        self.seen = []
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
-            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_bayes_variance_matmuls_take_bf16_under_bfloat16_autocast_only():
     # bfloat16 has float32's exponent range, so sigma^2 h^2 does not flush there as in float16 (the test above)
     z, h, rho, y = bayes_head_inputs(sigma=0.05)
@@ -112,11 +98,12 @@ def test_the_bayes_variance_matmuls_take_bf16_under_bfloat16_autocast_only():
         for t in (z, h, rho):
             t.grad = None
         torch.manual_seed(1)
-        with MatmulInputs() as mode:
+        with ops_seen() as ops:
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = heads.SampledCE.apply(z, h.float().square(), rho, y)
             loss.sum().backward()
-        seen.append(mode.seen)
+        matmuls = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+        seen.append([dtypes for f, dtypes in ops.seen if f in matmuls])
         results.append((loss.detach(), z.grad.clone(), h.grad.clone(), rho.grad.clone()))
     # the variances in forward, then the gradients for h^2 and for rho in backward
     assert seen == [[(torch.float32,) * 2] * 3, [(torch.bfloat16,) * 2] * 3, [(torch.float32,) * 2] * 3]
