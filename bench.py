@@ -59,6 +59,7 @@ from typing import Literal
 
 import torch
 
+import heads
 from common import UserError, main_guard
 from configurator import configure
 from data import read_meta
@@ -211,8 +212,8 @@ def _head_loss(model, x, y, plain):
     """The training loss plus the head's regulariser (train.py divides it by the training tokens: the same
     cost as / 1e6); plain: written with heads.py's reference formulas instead of its fast Functions."""
     h = model.hidden(x).flatten(0, 1)
-    z = model.logits(h).float()
-    loss = model.head.loss(model, z, y.flatten(), h, plain=plain) / len(z)
+    z, zpad = model.outputs(h)  # as GPT.forward hands them over
+    loss = model.head.loss(model, z, y.flatten(), h, plain=plain, zpad=zpad) / len(h)
     reg = model.head.regulariser(model, plain=plain)
     return loss if reg is None else loss + reg / 1e6
 
@@ -270,24 +271,31 @@ def bench_heads(cfg):
 
 # ---- the grid: every head, eager and compiled ----
 
-def _train_row(cfg, head, compile):
-    """bench_train for one head, eager or compiled; run in a fresh process."""
+def _train_row(cfg, head, compile, fused=True):
+    """bench_train for one head, eager or compiled; run in a fresh process. fused=False: the loss as a CPU
+    computes it (heads.FUSED off), for an A/B of the fused loss on a GPU."""
     device = pick_device(cfg.device)
     allow_tf32(device)
     dtype = pick_dtype(cfg.dtype, device)
     cfg.head, cfg.compile = head, compile
-    return {"head": head, "compile": compile, **bench_train(cfg, device, dtype, autocast(device, dtype))}
+    if not fused:
+        heads.FUSED = ()
+    name = head if fused else f"{head} (unfused)"
+    return {"head": name, "compile": compile, **bench_train(cfg, device, dtype, autocast(device, dtype))}
 
 
 def bench_grid(cfg):
-    """Training rows for every head, eager and compiled, each in a fresh process, then sampling (the softmax
-    model) without the KV cache, with it, and compiled."""
+    """Training rows for every head, eager and compiled (on a GPU also softmax and bayes eager without the fused
+    loss), each in a fresh process, then sampling (the softmax model) without the KV cache, with it, and
+    compiled."""
     spawn = multiprocessing.get_context("spawn")
+    runs = [(head, compile, True) for compile in (False, True) for head in HEADS]
+    if pick_device(cfg.device).split(":")[0] in heads.FUSED:  # and without the fused loss, eager
+        runs += [(head, False, False) for head in ("softmax", "bayes")]
     rows = []
-    for compile in (False, True):
-        for head in HEADS:
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                rows.append(pool.submit(_train_row, cfg, head, compile).result())
+    for run in runs:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            rows.append(pool.submit(_train_row, cfg, *run).result())
     for r in rows:
         base = next(s for s in rows if s["head"] == GPTConfig.head and s["compile"] == r["compile"])
         r["vs_softmax"] = r["ms_per_iter"] / base["ms_per_iter"]

@@ -22,6 +22,7 @@ inputs (accumulating in fp32), as every other matmul of the step does; everythin
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -239,10 +240,106 @@ def bayes_predict(z, std, samples):
     return acc - math.log(samples), ent
 
 
+# --- on a GPU: the loss in two fused passes ------------------------------------------------------------------
+# Run op by op, every step of the formulas above is a pass over an (N, V) tensor. At GPT-2's shape N x V is 618M
+# elements, and a pass over them in fp32 moves ~2.5 GB (~0.6 ms on an H200); the blocked bayes loss made ~23 such
+# passes, softmax's cross-entropy (with the cast to fp32 and the cut-off padding) ~10 (docs/heads.md). The math
+# needs two: a reduction in forward (each row's logsumexp) and a pointwise pass in backward (the gradients, from
+# the logits again). Written as the plain torch ops of those two steps, torch.compile fuses each into one kernel
+# that reads the bf16 logits and writes their bf16 gradient straight into the padded (N, Vpad) shape, keeping no
+# fp32 (N, V) tensor for backward. On by device (FUSED); the CPU keeps the blocked code above, bit for bit.
+
+FUSED = ("cuda",)  # device types whose eager training takes the fused loss (tests add "cpu")
+
+
+def fusing(z):
+    """Whether this loss takes the fused path: on a device in FUSED, in an eager model (a compiled model's graph
+    fuses the plain formula itself)."""
+    return z.device.type in FUSED and not torch.compiler.is_compiling()
+
+
+def drawn(z, V, v=None, eps=None):
+    """The logits the loss sees, in fp32, (N, Vpad) as z: z itself, or for bayes one draw z + sqrt(v) eps (v each
+    logit's variance, eps (N, V) its standard normal noise); the padded ids (V and up) at -inf, out of the softmax.
+    One shape throughout, so each step below is one loop over it."""
+    s = z.float()
+    if v is not None:
+        s = s + F.pad(eps.float(), (0, z.size(1) - V)) * v.float().clamp_min(1e-20).sqrt()
+    return s.masked_fill(torch.arange(z.size(1), device=z.device) >= V, -math.inf)
+
+
+def ce_forward(z, y, V, v=None, eps=None):
+    """Each row's logsumexp of the drawn logits s, and s at the target: the loss is their difference."""
+    s = drawn(z, V, v, eps)
+    return s.logsumexp(-1), s.gather(1, y[:, None]).squeeze(1)
+
+
+def ce_backward(z, y, lse, g, V, v=None, eps=None):
+    """dL/dz in z's dtype (0 at the padded ids), and for bayes dL/dv in v's dtype: dL/ds = (softmax(s) -
+    onehot(y)) g, dL/dz = dL/ds, dL/dv = dL/ds eps / (2 sqrt(v))."""
+    s = drawn(z, V, v, eps)
+    ds = ((s - lse[:, None]).exp() - (torch.arange(z.size(1), device=z.device) == y[:, None]).float()) * g[:, None]
+    if v is None:
+        return ds.to(z.dtype), None
+    eps = F.pad(eps.float(), (0, z.size(1) - V))
+    return ds.to(z.dtype), (ds * eps / (2 * v.float().clamp_min(1e-20).sqrt())).to(v.dtype)
+
+
+_fused = {}
+
+
+def fused(fn, *args):
+    """fn(*args) through torch.compile, or eagerly (the same values, more passes) where compiling fails, e.g.
+    without Triton or a C++ compiler: a warning once, and training goes on."""
+    f = _fused.get(fn) or _fused.setdefault(fn, torch.compile(fn))
+    if f is not fn:
+        try:
+            return f(*args)
+        except Exception as e:  # what compiling raises varies by backend; a real error repeats eagerly below
+            warnings.warn(f"heads.{fn.__name__}: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); "
+                          f"running it eagerly, correct but slower")
+            _fused[fn] = fn
+    return fn(*args)
+
+
+class FusedCE(torch.autograd.Function):
+    """Per token, the cross-entropy of the drawn logits s = drawn(z, V, v, eps) for targets y (N,) in 0..V-1:
+    the values and gradients of F.cross_entropy(s, y), with z's gradient in z's own padded shape and dtype.
+    Saves z, v, eps (in their own dtypes) and N logsumexps; backward computes the softmax again from them."""
+
+    @staticmethod
+    def forward(ctx, z, y, V, v=None, eps=None):
+        lse, sy = fused(ce_forward, z, y, V, v, eps)
+        ctx.save_for_backward(z, y, lse, v, eps)
+        ctx.V = V
+        return lse - sy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        z, y, lse, v, eps = ctx.saved_tensors
+        dz, dv = fused(ce_backward, z, y, lse, g.float(), ctx.V, v, eps)
+        return dz, None, None, dv, None
+
+
+@torch.compiler.disable  # a compiled model breaks its graph here: traced, this is the block loop's trouble again
+def fused_sampled_ce(z, h, rho, y, V):
+    """bayes training loss per token on the fused path, z (N, Vpad) the mean logits with padding. The variances
+    v = h^2 (sigma^2)^T are one matmul that autograd differentiates (in bf16 under bf16 autocast, see the top of
+    this file); the noise is drawn and kept in v's dtype (bf16 under bf16 autocast: half the memory)."""
+    dtype = matmul_dtype(z)
+    s2 = F.pad(F.softplus(rho.float()).square(), (0, 0, 0, z.size(1) - V))  # 0 for the padded ids: z's shape
+    with fp32(z):
+        v = h.float().square().to(dtype) @ s2.t().to(dtype)
+    return FusedCE.apply(z, y, V, v, torch.randn((len(z), V), device=z.device, dtype=dtype))
+
+
 # --- the heads: what model.py calls ---------------------------------------------------------------------------
 # One object per model (GPT.head). Its parameters are registered on the model itself, so a checkpoint's keys stay
-# lm_bias and lm_rho, and every method gets the model as m to reach them. z: logits (N, V) in fp32, h: hidden
-# states (N, C), y: targets (N,) with -1 at the tokens that do not count. plain=True: the reference formula.
+# lm_bias and lm_rho, and every method gets the model as m to reach them. z: the head's logits (N, V), in the
+# model's dtype (bf16 under autocast: a loss casts what it needs to fp32), h: hidden states (N, C), y: targets (N,)
+# with -1 at the tokens that do not count. plain=True: the reference formula. zpad: the output layer's logits
+# with the padded ids still on (N, Vpad), given only where z is just their cut (GPT.outputs), else None.
 
 
 class Softmax:
@@ -263,9 +360,11 @@ class Softmax:
         """Logits from the output layer's z = h W^T (..., V)."""
         return z
 
-    def loss(self, m, z, y, h, sets=None, plain=False):
+    def loss(self, m, z, y, h, sets=None, plain=False, zpad=None):
         """The training loss summed over the tokens that count (model.py divides by their number)."""
-        return F.cross_entropy(z, y, ignore_index=-1, reduction="sum")  # torch's own is both plain and fast
+        if not plain and fusing(z):
+            return (FusedCE.apply(z if zpad is None else zpad, y.clamp_min(0), z.size(1)) * (y != -1)).sum()
+        return F.cross_entropy(z.float(), y, ignore_index=-1, reduction="sum")  # torch's own: plain, and fast on a CPU
 
     def regulariser(self, m, plain=False):
         """A term added to the loss once per step, per training token (train.py), or None."""
@@ -311,8 +410,8 @@ class Sigmoid(Softmax):
         # the bias in z's dtype: under autocast, adding an fp32 bias would make a second, fp32 (..., V) tensor
         return z + m.lm_bias.to(z.dtype)
 
-    def loss(self, m, z, y, h, sets=None, plain=False):
-        rows, cols = sets or (torch.arange(len(y), device=y.device), y.clamp_min(0))
+    def loss(self, m, z, y, h, sets=None, plain=False, zpad=None):
+        z, (rows, cols) = z.float(), sets or (torch.arange(len(y), device=y.device), y.clamp_min(0))
         bce = sigmoid_bce_reference(z, rows, cols) if plain else SigmoidBCE.apply(z, rows, cols)
         return (bce * (y != -1)).sum()
 
@@ -339,12 +438,15 @@ class Bayes(Softmax):
         c = self.config
         return {"lm_rho": nn.Parameter(torch.full((c.vocab_size, c.n_embd), math.log(math.expm1(c.bayes_init_std))))}
 
-    def loss(self, m, z, y, h, sets=None, plain=False):
+    def loss(self, m, z, y, h, sets=None, plain=False, zpad=None):
         if not m.training:  # what we report: the NLL of the averaged prediction, never with the KL
             return F.nll_loss(self.log_probs(m, z, h), y, ignore_index=-1, reduction="sum")
         # one draw of every logit: unbiased for E_q[CE]
         if plain:
+            z = z.float()
             ce = sampled_ce_reference(z, h, m.lm_rho, y.clamp_min(0), torch.randn_like(z))
+        elif z.device.type in FUSED:  # also in a compiled model, which breaks its graph there
+            ce = fused_sampled_ce(z if zpad is None else zpad, h, m.lm_rho, y.clamp_min(0), z.size(1))
         else:
             ce = SampledCE.run(z, h.float().square(), m.lm_rho, y.clamp_min(0))
         return (ce * (y != -1)).sum()

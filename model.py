@@ -329,24 +329,32 @@ class GPT(nn.Module):
     # --- the output head: self.head (heads.py) does the work ------------------------------------------------
 
     def logits(self, h):
-        """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights. The
-        matmul runs over the padded rows (vocab_multiple), whose logits are then cut off."""
-        z = self.lm_head(h)
-        if z.size(-1) != self.config.vocab_size:
-            z = z[..., :self.config.vocab_size]
-        return self.head.logits(self, z)
+        """The head's logits (B, T, V) for hidden states h (B, T, C); for bayes, those of the mean weights."""
+        return self.outputs(h)[0]
 
-    def head_loss(self, logits, targets, h=None, target_sets=None):
+    def outputs(self, h):
+        """The head's logits, and the output layer's own (B, T, Vpad) with the padded rows' (vocab_multiple)
+        still on where the head's logits are just those, cut (softmax, bayes; else None): a loss that writes its
+        gradient in the padded shape saves the copy that cutting costs in backward (heads.FusedCE)."""
+        zpad = self.lm_head(h)  # over the padded rows too (tensor-core shapes), though no token has their ids
+        V = self.config.vocab_size
+        z = zpad if zpad.size(-1) == V else zpad[..., :V]
+        logits = self.head.logits(self, z)
+        return logits, (zpad if logits is z else None)
+
+    def head_loss(self, logits, targets, h=None, target_sets=None, zpad=None):
         """Mean loss per predicted token (nats), targets of -1 ignored, in fp32; 0 when every target is ignored
         (a masked-LM batch that chose no position), not 0 / 0. target_sets (heads with sets, e.g. sigmoid):
-        (rows, cols), a set of right answers per token instead of the next one alone (rows index the B*T)."""
+        (rows, cols), a set of right answers per token instead of the next one alone (rows index the B*T).
+        zpad: the uncut logits where the head's are their cut (GPT.outputs)."""
         if target_sets is not None and not self.head.sets:
             raise ValueError(f"target_sets are for a head with sets (the sigmoid head); the {self.config.head} head "
                              f"has one right answer per token")
-        z, y = logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
+        z, y = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
         n = (y != -1).sum().clamp_min(1)  # the tokens that count
         h = None if h is None else h.reshape(-1, h.size(-1))
-        return self.head.loss(self, z, y, h, target_sets) / n
+        zpad = None if zpad is None else zpad.reshape(-1, zpad.size(-1))
+        return self.head.loss(self, z, y, h, target_sets, zpad=zpad) / n
 
     def head_log_probs(self, logits, h=None, samples=None):
         """Normalised next-token log-probabilities (fp32: bf16 would round them coarsely)."""
@@ -365,10 +373,10 @@ class GPT(nn.Module):
         positions are never looked at and are never targets, whatever `targets` holds there. target_sets:
         sets of right answers for the sigmoid head (head_loss)."""
         h = self.hidden(idx, attention_mask=attention_mask)
-        logits = self.logits(h)
+        logits, zpad = self.outputs(h)
         if targets is not None and attention_mask is not None:
             targets = targets.masked_fill(~attention_mask.bool(), -1)
-        loss = self.head_loss(logits, targets, h, target_sets) if targets is not None else None
+        loss = self.head_loss(logits, targets, h, target_sets, zpad) if targets is not None else None
         return logits, loss
 
     def log_probs(self, idx, attention_mask=None):

@@ -53,6 +53,32 @@ def test_compile_matches_eager_on_the_gpu(head):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("head", ["softmax", "bayes"])
+def test_the_fused_loss_matches_the_plain_one_on_the_gpu(head, dtype, monkeypatch):
+    # heads.FusedCE, what an eager GPU run trains these heads with (on a CPU: tests/test_fused.py), against the
+    # path a CPU takes, on a padded vocabulary
+    import heads
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=64, vocab_size=100, vocab_multiple=64, n_layer=2, n_head=2, n_embd=64,
+                      head=head)).cuda()
+    x, y = torch.randint(100, (8, 64), device="cuda"), torch.randint(100, (8, 64), device="cuda")
+    y[0, :9] = -1
+    runs = []
+    for on in (("cuda",), ()):
+        monkeypatch.setattr(heads, "FUSED", on)
+        m.zero_grad()
+        torch.manual_seed(1)
+        with autocast("cuda", dtype):
+            loss = m(x, y)[1]
+        loss.backward()
+        runs.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+    tol = 1e-4 if dtype == "float32" else 5e-2  # bf16: and the bayes noise drawn in bf16 on the fused path
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, rtol=tol, atol=tol * b.abs().max().item() + 1e-7)
+    assert m.lm_head.weight.grad[100:].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("way", [dict(use_cache=True), dict(compile=True)], ids=["cached", "compiled"])
 def test_kv_cache_generation_on_the_gpu(dtype, way):
     # compiled: the static cache and the decode step recorded as a CUDA graph (generate.stream)
