@@ -5,11 +5,13 @@
 #   bash gpu_check.sh [RESULTS_DIR] [bench.py settings...]      # default RESULTS_DIR: gpu_results
 #
 # 1. machine.txt  the GPU, driver, torch and CUDA versions
-# 2. tests.txt    the CUDA tests (tests/test_cuda.py): every head in bf16, compile vs eager, the KV cache in
-#                 fp32 and bf16, fp16 with the GradScaler, resume, torchrun with nccl, the padded vocabulary
+# 2. tests.txt    the CUDA tests (tests/test_cuda.py): every head in bf16, compile vs eager, the fused loss
+#                 against the unfused one, the KV cache in fp32 and bf16, fp16 with the GradScaler, resume,
+#                 torchrun with nccl, the padded vocabulary
 # 3. grid.txt     bench.py --what grid at GPT-2 124M's shape: 12 x 1024 tokens a step, GPT-2's 50,257
-#                 outputs, the training dtype (bf16), each head eager and compiled: ms/iter, tokens/s, MFU,
-#                 peak memory; then sampling tokens/s without the KV cache, with it, and compiled
+#                 outputs, the training dtype (bf16), each head eager and compiled, and softmax and bayes eager
+#                 without the fused loss (the A/B of heads.FusedCE): ms/iter, tokens/s, MFU, peak memory;
+#                 then sampling tokens/s without the KV cache, with it, and compiled
 # 4. hellaswag.txt bench.py --what hellaswag: ms per HellaSwag example with GPT-2 124M, the context cached and
 #                 the plain rows, and the 10,042 examples' time at that rate
 # 5. train.txt    the real training loop, not only the bench: Tiny Shakespeare (the bundled copy) for 1,000
@@ -33,7 +35,7 @@ step() {  # name, seconds, command...
 
 step machine 60 bash -c 'nvidia-smi; python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")"'
 step tests 260 python -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step grid 380 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
+step grid 440 python bench.py config/owt_gpt2.py --what=grid --vocab_size=50257 --gradient_accumulation_steps=1 \
     --batch_size=12 --block_size=1024 --bench_iters=10 --warmup=3 --sample_tokens=200 --repeats=3 "$@"
 step hellaswag 120 python bench.py config/owt_gpt2.py --what=hellaswag --vocab_size=50257 --repeats=8 "$@"
 step train 150 bash -c 'python prepare_data.py shakespeare_char && python train.py --dataset=shakespeare_char \
