@@ -58,6 +58,7 @@ def test_the_fused_loss_matches_the_plain_one_on_the_gpu(head, dtype, monkeypatc
     # heads.FusedCE, what an eager GPU run trains these heads with (on a CPU: tests/test_fused.py), against the
     # path a CPU takes, on a padded vocabulary
     import heads
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # train.main may have switched it on
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=64, vocab_size=100, vocab_multiple=64, n_layer=2, n_head=2, n_embd=64,
                       head=head)).cuda()
