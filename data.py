@@ -225,11 +225,11 @@ class Batch:
     sets: tuple | None = None  # sigmoid_targets='ngram' (train split): each target's right answers (step_sets)
 
 
-def get_batch(d, split, ix, device, seed=0):
+def get_batch(d, split, ix, device, seed=0, sets=True):
     """One micro-batch of the split, a Batch. ix: window starts, x = tokens [i, i+T) and y = the next tokens
     [i+1, i+T+1) (batching='packed'), or rows of the split's pieces (batching='lines', piece_batch); the mask
     is None when nothing is padded. For objective='mlm', x is masked with the seed and y holds the masked-out
-    tokens (mask_tokens)."""
+    tokens (mask_tokens). sets=False: no target sets (evaluation, which scores the next token alone)."""
     data, pieces, T = d.splits[split], d.pieces.get(split), d.cfg.block_size
     if split in d.starts:  # split_by='windows': ix are rows of the split's window starts
         ix = d.starts[split][ix]
@@ -245,7 +245,7 @@ def get_batch(d, split, ix, device, seed=0):
         batch_ids_ok(d, split, y.clamp_min(0).numpy(), starts + (d.cfg.objective == "clm"))
     if d.mlm is not None:
         x, y = mask_tokens(x, real, torch.Generator().manual_seed(seed), d.mlm)
-    sets = step_sets(d, ix, device) if split == "train" else None
+    sets = step_sets(d, ix, device) if sets and split == "train" else None
     return Batch(to_device(x, device), to_device(y, device), to_device(real, device), sets)
 
 

@@ -36,7 +36,7 @@ def estimate_loss(model, d, cfg, device, ctx, log_probs=None):
             losses = []
             for k in range(cfg.eval_iters):
                 ix = torch.randint(data.batch_rows(d, split), (cfg.batch_size,), generator=gen).tolist()
-                b = data.get_batch(d, split, ix, device, data.mask_seed(cfg.seed, 1, k))
+                b = data.get_batch(d, split, ix, device, data.mask_seed(cfg.seed, 1, k), sets=False)
                 with ctx:
                     logp = log_probs(b.x, b.mask)
                 losses.append(torch.nn.functional.nll_loss(logp.flatten(0, 1), b.y.flatten(), ignore_index=-1).item())

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import data
 import prepare_data
 import sample
