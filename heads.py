@@ -7,18 +7,20 @@ The output heads: how the final hidden states become a training loss and a next-
     bayes    a Gaussian over every output weight, W ~ q(W) = N(mu, sigma^2); trained on one draw per token plus
              KL(q || prior) / N, predicting with the average of several draws' softmax
 
-For each: first the plain formula, a few lines that autograd differentiates. Then, where it pays, a fast
-autograd Function with the gradient written out, whose docstring says what it saves; tests/test_heads.py
-checks that both give the same values and gradients. At the bottom, each head is a class behind one small
-interface (parameters, training loss and regulariser, log-probabilities, the predictive distribution); HEADS
-names them, and model.py calls the chosen one. A new head is one class there (docs/heads.md shows one).
+For each: first the plain formula, a few lines that autograd differentiates. Then, where it pays, a fast autograd
+Function with the gradient written out, whose docstring says what it saves; tests/test_heads.py checks that both
+give the same values and gradients. Then the loss as a GPU runs it: two steps in plain torch ops that
+torch.compile fuses into one kernel each (tests/test_fused.py). At the bottom, each head is a class behind one
+small interface (parameters, training loss and regulariser, log-probabilities, the predictive distribution);
+HEADS names them, and model.py calls the chosen one. A new head is one class there (docs/heads.md shows one).
 
-Precision: every loss here is computed in float32, whatever autocast says (model.py hands the logits over in
-fp32, and the regions below marked fp32() switch autocast off). The bayes head's variances are the reason: a
-weight's sigma^2 of 1e-6 times h^2 is below float16's smallest normal number (6e-5), so under float16 autocast
-the noise would vanish, or the loss turn inf and the GradScaler skip every step. bfloat16 has float32's
-exponent range, so under bfloat16 autocast the bayes head's three (N x C) x (C x V) variance matmuls take bf16
-inputs (accumulating in fp32), as every other matmul of the step does; everything after them stays fp32.
+Precision: every loss here is computed in float32, whatever autocast says (each casts the logits it gets, bf16
+under autocast, to fp32 as it reads them, and the regions below marked fp32() switch autocast off). The bayes
+head's variances are the reason: a weight's sigma^2 of 1e-6 times h^2 is below float16's smallest normal number
+(6e-5), so under float16 autocast the noise would vanish, or the loss turn inf and the GradScaler skip every
+step. bfloat16 has float32's exponent range, so under bfloat16 autocast the bayes head's three (N x C) x (C x V)
+variance matmuls take bf16 inputs (accumulating in fp32), as every other matmul of the step does; everything
+after them stays fp32.
 """
 
 import math
@@ -242,12 +244,13 @@ def bayes_predict(z, std, samples):
 
 # --- on a GPU: the loss in two fused passes ------------------------------------------------------------------
 # Run op by op, every step of the formulas above is a pass over an (N, V) tensor. At GPT-2's shape N x V is 618M
-# elements, and a pass over them in fp32 moves ~2.5 GB (~0.6 ms on an H200); the blocked bayes loss made ~23 such
-# passes, softmax's cross-entropy (with the cast to fp32 and the cut-off padding) ~10 (docs/heads.md). The math
-# needs two: a reduction in forward (each row's logsumexp) and a pointwise pass in backward (the gradients, from
-# the logits again). Written as the plain torch ops of those two steps, torch.compile fuses each into one kernel
-# that reads the bf16 logits and writes their bf16 gradient straight into the padded (N, Vpad) shape, keeping no
-# fp32 (N, V) tensor for backward. On by device (FUSED); the CPU keeps the blocked code above, bit for bit.
+# elements, one bf16 tensor of them 1.24 GB (~0.3 ms to move on an H200); the blocked bayes loss read and wrote
+# ~78 such tensors' worth, softmax's cross-entropy (with the cast to fp32 and the cut-off padding) ~22
+# (docs/heads.md counts them). The math needs two: a reduction in forward (each row's logsumexp) and a pointwise
+# pass in backward (the gradients, from the logits again). Written as the plain torch ops of those two steps,
+# torch.compile fuses each into one kernel that reads the bf16 logits and writes their bf16 gradient straight into
+# the padded (N, Vpad) shape, keeping no fp32 (N, V) tensor for backward. On by device (FUSED); the CPU keeps the
+# blocked code above, bit for bit.
 
 FUSED = ("cuda",)  # device types whose eager training takes the fused loss (tests add "cpu")
 
@@ -322,7 +325,7 @@ class FusedCE(torch.autograd.Function):
         return dz, None, None, dv, None
 
 
-@torch.compiler.disable  # a compiled model breaks its graph here: traced, this is the block loop's trouble again
+@torch.compiler.disable  # a compiled model breaks its graph here and runs this as an eager GPU run does
 def fused_sampled_ce(z, h, rho, y, V):
     """bayes training loss per token on the fused path, z (N, Vpad) the mean logits with padding. The variances
     v = h^2 (sigma^2)^T are one matmul that autograd differentiates (in bf16 under bf16 autocast, see the top of
