@@ -340,7 +340,9 @@ class GPT(nn.Module):
         V = self.config.vocab_size
         z = zpad if zpad.size(-1) == V else zpad[..., :V]
         logits = self.head.logits(self, z)
-        return logits, (zpad if logits is z else None)
+        # not in a compiled model: its graph does the cut's backward itself, and a graph break (bayes) that hands
+        # over both the logits and their base made torch 2.13 replay the view from freed memory (a crash)
+        return logits, (zpad if logits is z and not torch.compiler.is_compiling() else None)
 
     def head_loss(self, logits, targets, h=None, target_sets=None, zpad=None):
         """Mean loss per predicted token (nats), targets of -1 ignored, in fp32; 0 when every target is ignored
