@@ -291,7 +291,7 @@ def bench_grid(cfg):
     spawn = multiprocessing.get_context("spawn")
     runs = [(head, compile, True) for compile in (False, True) for head in HEADS]
     if pick_device(cfg.device).split(":")[0] in heads.FUSED:  # and without the fused loss, eager
-        runs += [(head, False, False) for head in ("softmax", "bayes")]
+        runs += [(head, False, False) for head, cls in HEADS.items() if cls.fused]
     rows = []
     for run in runs:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:

@@ -351,6 +351,7 @@ class Softmax:
     sets = False  # can train on a set of right answers per token (data.py's sigmoid_targets='ngram')
     draws = False  # predicts by averaging weight draws: evaluate adds the NLL by draws and the mutual information
     gpt2 = True  # computes what GPT-2 does: only such a head exports as a HuggingFace GPT-2 (checkpoint.py)
+    fused = True  # its training loss runs fused on the devices in FUSED (bench.py's GPU grid times it unfused too)
 
     def __init__(self, config):
         self.config = config
@@ -395,7 +396,7 @@ class Softmax:
 class Sigmoid(Softmax):
     """Each token its own yes/no, sigma(z_j); BCE summed over the vocabulary; as one distribution,
     sigma(z_y) / sum_j sigma(z_j)."""
-    sets, gpt2 = True, False
+    sets, gpt2, fused = True, False, False
 
     def __init__(self, config):
         if config.vocab_size < 2:
